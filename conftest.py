@@ -1,0 +1,16 @@
+"""Session-wide test settings: nothing a test or a re-executed notebook writes lands in
+the repository's own artifacts/ or results/ folders."""
+import os
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+
+def pytest_configure(config):
+    if os.environ.get("TBKD_TEST_KEEP_ENV"):
+        return
+    base = tempfile.mkdtemp(prefix="tbkd-test-")
+    os.environ["TBKD_ARTIFACTS"] = os.path.join(base, "artifacts")
+    os.environ["TBKD_RESULTS"] = os.path.join(base, "results")

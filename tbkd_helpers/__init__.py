@@ -1,0 +1,24 @@
+"""tbkd_helpers: every piece of logic behind the tbkd notebooks.
+
+Notebooks import the package under one short name and reach the rooms through it::
+
+    import tbkd_helpers as tk
+    profile = tk.config.get_profile("quick")
+    prep = tk.data.prepare(profile)
+
+Submodules are imported on first use, so ``import tbkd_helpers`` is cheap.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+_SUBMODULES = ("config", "store", "data", "phantom", "segmentation", "models", "train", "cam",
+               "distill", "metrics", "viz", "widgets", "cli", "notebooks", "results")
+__all__ = list(_SUBMODULES)
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

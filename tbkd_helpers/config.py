@@ -1,0 +1,147 @@
+"""Profiles, paths and seeds: the one place that says how big a run is.
+
+Every notebook's ``parameters`` cell names a profile; everything else is read from it
+here, so that a runner (papermill, ``make reproduce PROFILE=...``) changes one word.
+
+- ``quick``: the built-in phantom chest X-rays, tiny images, few epochs; the whole kit
+  runs in minutes on a 2-core CPU, offline. Committed notebook outputs show this one.
+- ``real``: the NLM Shenzhen + Montgomery sets from ``TBKD_DATA_DIR``, sized so that a
+  2-core CPU finishes the whole kit in about an hour.
+- ``full``: the paper's settings (224 px, 299 px for Inception V3) on real data; for a GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEACHERS = ("densenet121", "inception_v3", "resnet18", "mobilenet_v3_large", "vgg16")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every size, count and switch a run depends on. Frozen: derive with ``replace``."""
+
+    name: str
+    data: str  # "phantom" (built-in, generated) or "real" (NLM folders under data_dir)
+    data_dir: Path | None = None
+    seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    # phantom data (quick profile)
+    phantom_size: int = 128
+    phantom_counts: dict = field(default_factory=lambda: {"shenzhen": 160, "montgomery": 80})
+    phantom_difficulty: float = 0.5
+    # stage 1: lung segmentation
+    seg_size: int = 64
+    seg_encoder: str = "resnet18"
+    seg_epochs: int = 8
+    seg_batch_size: int = 16
+    # stage 2: teachers
+    teachers: tuple[str, ...] = TEACHERS
+    image_size: int = 64  # classifier input (lung-extracted image)
+    inception_size: int = 80  # Inception V3 needs >= 75 px; the paper uses 299
+    teacher_epochs: int = 3
+    batch_size: int = 16
+    pretrained: bool = False  # ImageNet weights (needs internet the first time)
+    # stage 4: student
+    student: str = "mobilenet_v3_small"
+    student_epochs: int = 4
+    kfold: int = 3
+    # hardware
+    device: str = "auto"  # "auto" picks CUDA when present
+    num_workers: int = 0
+
+    def replace(self, **changes) -> "Profile":
+        return dataclasses.replace(self, **changes)
+
+    def size_for(self, arch: str) -> int:
+        """Input size of a classifier: Inception V3 has its own."""
+        return self.inception_size if arch.startswith("inception") else self.image_size
+
+    @property
+    def artifacts(self) -> Path:
+        return artifacts_dir(self.name)
+
+    @property
+    def results(self) -> Path:
+        return results_dir(self.name)
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile(name="quick", data="phantom"),
+    "real": Profile(
+        name="real", data="real", seg_size=128, seg_epochs=25, image_size=128,
+        inception_size=160, teacher_epochs=12, batch_size=32, student_epochs=20,
+        kfold=5,
+    ),
+    "full": Profile(
+        name="full", data="real", seg_size=256, seg_epochs=60, seg_batch_size=16,
+        image_size=224, inception_size=299, teacher_epochs=40, batch_size=32,
+        student_epochs=60, kfold=5,
+    ),
+}
+
+
+def default_data_dir() -> Path:
+    """``TBKD_DATA_DIR`` if set, else ``../shared/data`` beside the repository."""
+    env = os.environ.get("TBKD_DATA_DIR")
+    return Path(env).expanduser() if env else (REPO_ROOT.parent / "shared" / "data")
+
+
+def artifacts_dir(profile_name: str) -> Path:
+    """``$TBKD_ARTIFACTS/<profile>`` if set, else ``<repo>/artifacts/<profile>``."""
+    base = os.environ.get("TBKD_ARTIFACTS")
+    return (Path(base).expanduser() if base else REPO_ROOT / "artifacts") / profile_name
+
+
+def results_dir(profile_name: str) -> Path:
+    base = os.environ.get("TBKD_RESULTS")
+    return (Path(base).expanduser() if base else REPO_ROOT / "results") / profile_name
+
+
+def get_profile(name: str = "quick", data_dir: str | os.PathLike | None = None, **overrides) -> Profile:
+    """The named profile, with ``data_dir`` resolved and any field overridden.
+
+    >>> get_profile("quick", teacher_epochs=1).teacher_epochs
+    1
+    """
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
+    prof = PROFILES[name]
+    if prof.data == "real":
+        data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    elif data_dir:
+        data_dir = Path(data_dir).expanduser()
+    else:
+        data_dir = artifacts_dir(name) / "phantom_data"
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(Profile)}
+    if unknown:
+        raise ValueError(f"unknown profile setting(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(prof, data_dir=Path(data_dir), **overrides)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that a repeated run prints the same numbers."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def torch_device(setting: str = "auto"):
+    """``cuda`` when present (or asked for), else ``cpu``."""
+    import torch
+
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)

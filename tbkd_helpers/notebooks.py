@@ -1,0 +1,88 @@
+"""Run the numbered notebooks headlessly with papermill (``make reproduce``).
+
+Each ``notebooks/NN_*.ipynb`` is executed in numeric order with the profile injected
+into its ``parameters`` cell; the executed copy goes to ``runs/<profile>/`` and the
+committed notebook is never touched. The run stops at the first failing notebook and
+says which cell failed and why.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import REPO_ROOT
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+_NUMBERED = re.compile(r"^(\d\d)_.+\.ipynb$")
+
+
+def numbered_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """``NN_name.ipynb`` files in numeric order."""
+    return sorted((p for p in Path(folder).iterdir() if _NUMBERED.match(p.name)),
+                  key=lambda p: (int(_NUMBERED.match(p.name)[1]), p.name))
+
+
+@dataclass
+class NotebookFailure(Exception):
+    notebook: Path
+    cell: int | None
+    error: str
+
+    def __str__(self) -> str:
+        where = f"cell {self.cell}" if self.cell is not None else "before any cell ran"
+        return f"{self.notebook}: failed in {where}: {self.error}"
+
+
+def run_notebook(src: Path, dst: Path, parameters: dict, log_output: bool = True,
+                 cwd: Path | None = None) -> float:
+    """Execute one notebook with papermill; return its wall time in seconds."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name="python3",
+                            log_output=log_output, progress_bar=True,
+                            cwd=str(cwd or src.parent))
+    except PapermillExecutionError as err:
+        cell = _failed_cell(dst)
+        raise NotebookFailure(src, cell, f"{err.ename}: {err.evalue}".splitlines()[0]) from None
+    return time.perf_counter() - t0
+
+
+def _failed_cell(executed: Path) -> int | None:
+    """The 1-based position among code cells of the cell papermill marked as failed."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(executed), as_version=4)
+    except Exception:  # noqa: BLE001 - the report is best effort
+        return None
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for i, c in enumerate(code, 1):
+        if any(o.get("output_type") == "error" for o in c.get("outputs", [])):
+            return i
+    return None
+
+
+def reproduce(profile: str = "quick", data_dir: str | None = None, out_dir: Path | None = None,
+              notebooks: list[Path] | None = None, log_output: bool = True) -> dict[str, float]:
+    """Execute every numbered notebook for ``profile``; return {notebook: seconds}.
+
+    Raises :class:`NotebookFailure` at the first notebook that fails.
+    """
+    out_dir = Path(out_dir) if out_dir else REPO_ROOT / "runs" / profile
+    params = {"PROFILE": profile}
+    if data_dir:
+        params["DATA_DIR"] = str(Path(data_dir).expanduser().absolute())
+    times: dict[str, float] = {}
+    for nb in notebooks or numbered_notebooks():
+        print(f"[tbkd] {nb.name} ({profile}) ...", file=sys.stderr, flush=True)
+        times[nb.name] = run_notebook(nb, out_dir / nb.name, params, log_output=log_output)
+        print(f"[tbkd] {nb.name} done in {times[nb.name]:.0f} s -> {out_dir / nb.name}",
+              file=sys.stderr, flush=True)
+    return times
