@@ -1,0 +1,524 @@
+"""The model zoo: the paper's five teachers, the students, their Grad-CAM target layers.
+
+Every classifier here is a torchvision model wrapped in :class:`GrayToModel`, so that all
+of them take the same input: a *single-channel* batch ``(N, 1, H, W)`` with values in
+``[0, 1]`` (a chest X-ray is gray). The wrapper normalises inside the model, so callers
+never normalise, and the first convolution is adapted to one input channel:
+
+- with ImageNet weights its RGB kernels are **summed** (what timm does for
+  ``in_chans=1``): a gray image ``g`` fed as ``(g, g, g)`` to the RGB kernel gives the
+  same response as ``g`` fed to the summed kernel. The gray image is normalised with the
+  mean of ImageNet's channel means and stds (Inception V3's ported weights expect
+  ``(x - 0.5) / 0.5`` instead, which is what torchvision's ``transform_input`` did);
+- from scratch the first channel of torchvision's own initialisation is kept (the per-
+  weight distribution torchvision would have drawn for one input channel) and the input
+  is normalised with a fixed ``(x - 0.5) / 0.25``.
+
+The normalisation constants are buffers of the model, so a checkpoint carries them.
+
+>>> model = build_model("resnet18")                    # doctest: +SKIP
+>>> model(torch.rand(2, 1, 64, 64)).shape              # doctest: +SKIP
+torch.Size([2, 2])
+"""
+from __future__ import annotations
+
+import copy
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torchvision
+from torch import nn
+
+from . import store
+
+__all__ = [
+    "ARCHS", "ArchSpec", "GrayToModel", "build_model", "target_layer", "recalibrate_bn",
+    "has_batchnorm", "model_info", "cpu_latency", "checkpoint", "save_checkpoint",
+    "load_checkpoint", "CHECKPOINT_FORMAT",
+]
+
+CHECKPOINT_FORMAT = "tbkd-classifier/1"
+
+# Gray versions of ImageNet's normalisation: the mean of the three channel values.
+IMAGENET_GRAY_MEAN = (0.485 + 0.456 + 0.406) / 3  # 0.449
+IMAGENET_GRAY_STD = (0.229 + 0.224 + 0.225) / 3  # 0.226
+SCRATCH_MEAN, SCRATCH_STD = 0.5, 0.25
+
+
+# --------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class ArchSpec:
+    """How to adapt one torchvision classifier: where its first conv, head and CAM layer are."""
+
+    name: str  # torchvision model name
+    first_conv: str  # dotted path (inside the torchvision model) of the RGB input conv
+    head: str  # dotted path of the final nn.Linear
+    cam_layer: str  # dotted path of the Grad-CAM target layer (last feature map)
+    min_size: int = 32  # smallest input side that survives the network's downsampling
+    pretrained_mean: float = IMAGENET_GRAY_MEAN
+    pretrained_std: float = IMAGENET_GRAY_STD
+    # BatchNorm momentum for a model trained from scratch (None: torchvision's default)
+    scratch_bn_momentum: float | None = None
+    note: str = ""
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "densenet121": ArchSpec(
+        "densenet121", "features.conv0", "classifier", "features.norm5",
+        note="the CAM layer is norm5, the last feature map (ReLU and pooling follow)"),
+    "inception_v3": ArchSpec(
+        "inception_v3", "Conv2d_1a_3x3.conv", "fc", "Mixed_7c", min_size=75,
+        # torchvision's Inception V3 weights were ported from TensorFlow and expect
+        # inputs in [-1, 1]; its transform_input=True did that conversion. We turn
+        # transform_input off and normalise with 0.5 / 0.5 ourselves.
+        pretrained_mean=0.5, pretrained_std=0.5,
+        note="aux classifier dropped; transform_input off; needs >= 75 px"),
+    "resnet18": ArchSpec("resnet18", "conv1", "fc", "layer4.1"),
+    # torchvision builds MobileNet V3 with BatchNorm momentum 0.01 (the TensorFlow
+    # reference's 0.99 decay, meant for hundreds of thousands of steps). Trained from
+    # scratch for a few hundred steps, the running statistics then lag so far behind the
+    # weights that the eval-mode model predicted a single class for every test image
+    # (accuracy 0.455 while its AUC was 0.80-0.85; see DESIGN.md). From scratch we use
+    # PyTorch's usual 0.1, and train.fit also recomputes the statistics after training
+    # (recalibrate_bn). Pretrained models keep torchvision's setting.
+    "mobilenet_v3_large": ArchSpec(
+        "mobilenet_v3_large", "features.0.0", "classifier.3", "features.16",
+        scratch_bn_momentum=0.1, note="BN momentum 0.1 from scratch (torchvision: 0.01)"),
+    "mobilenet_v3_small": ArchSpec(
+        "mobilenet_v3_small", "features.0.0", "classifier.3", "features.12",
+        scratch_bn_momentum=0.1, note="BN momentum 0.1 from scratch (torchvision: 0.01)"),
+    # VGG's CAM layer is the ReLU after the last conv, before the last max-pool: twice the
+    # resolution of features[-1] (the pool), which matters at the kit's small sizes.
+    "vgg16": ArchSpec("vgg16", "features.0", "classifier.6", "features.29",
+                      note="no batch norm (the paper's VGG16)"),
+    "vgg16_bn": ArchSpec("vgg16_bn", "features.0", "classifier.6", "features.42",
+                         note="VGG16 with batch norm (a documented setting)"),
+}
+
+
+def _get(module: nn.Module, dotted: str) -> nn.Module:
+    return module.get_submodule(dotted)
+
+
+def _set(module: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent, _, leaf = dotted.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, leaf, new)
+
+
+def _spec(arch: str) -> ArchSpec:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+    return ARCHS[arch]
+
+
+# --------------------------------------------------------------------------- wrapper
+class GrayToModel(nn.Module):
+    """Single-channel ``[0, 1]`` input → normalisation → torchvision classifier → logits.
+
+    ``net`` is the (adapted) torchvision model; ``arch`` its registry name. The forward
+    returns plain logits ``(N, num_classes)`` in train and eval mode alike.
+    """
+
+    def __init__(self, net: nn.Module, arch: str, mean: float, std: float, num_classes: int):
+        super().__init__()
+        self.net = net
+        self.arch = arch
+        self.num_classes = num_classes
+        self.min_size = _spec(arch).min_size if arch in ARCHS else 1
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"{self.arch} expects a (N, 1, H, W) gray batch, got {tuple(x.shape)}")
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(f"{self.arch} needs images of at least {self.min_size} px, "
+                             f"got {tuple(x.shape[-2:])}")
+        out = self.net((x - self.mean) / self.std)
+        if isinstance(out, tuple):  # InceptionOutputs(logits, aux) if aux was kept
+            out = out[0]
+        return out
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch!r}, mean={float(self.mean):.3f}, std={float(self.std):.3f}"
+
+
+# --------------------------------------------------------------------------- building
+def _torchvision_model(arch: str, num_classes: int, weights: Any = None) -> nn.Module:
+    """The torchvision model, with ``num_classes`` outputs (1000 when weights come)."""
+    kwargs: dict[str, Any] = {}
+    if arch == "inception_v3":
+        # torchvision requires aux_logits=True to load weights; it drops the aux head
+        # afterwards when we ask for aux_logits=False (and we drop it ourselves below).
+        kwargs = dict(aux_logits=weights is not None, transform_input=False,
+                      init_weights=weights is None)
+    if weights is None:
+        kwargs["num_classes"] = num_classes
+    return torchvision.models.get_model(arch, weights=weights, **kwargs)
+
+
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _read_imagenet_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # truncated zip, pickle refused by weights_only, ...
+        raise ValueError(f"{path}: cannot read weights ({_one_line(err)})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict of tensors")
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        m = _DENSENET_OLD_KEY.match(key)  # the original DenseNet files name norm.1 etc.
+        out[m.group(1) + m.group(2) if m else key] = value
+    return out
+
+
+def build_model(arch: str, num_classes: int = 2, pretrained: bool = False,
+                weights_path: str | Path | None = None, seed: int | None = None) -> GrayToModel:
+    """A torchvision classifier for single-channel ``[0, 1]`` input with a ``num_classes`` head.
+
+    - ``pretrained=True``: ImageNet weights through torchvision's weights API
+      (``get_model_weights(arch).DEFAULT``; downloaded once, needs internet).
+    - ``weights_path``: the same ImageNet weights from a local file instead (a torchvision
+      state dict with its 1000-class head), e.g. for an offline machine.
+    - neither: random initialisation (``seed`` makes it reproducible without touching
+      the global random state).
+
+    The first conv is adapted to one channel and the head replaced (see the module doc).
+    """
+    spec = _spec(arch)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        if weights_path is not None:
+            path = Path(weights_path)
+            state = _read_imagenet_state(path)
+            if arch == "inception_v3":  # the ImageNet file has the aux head: build it to load
+                net = torchvision.models.get_model(arch, weights=None, aux_logits=True,
+                                                   transform_input=False, init_weights=False)
+            else:
+                net = torchvision.models.get_model(arch, weights=None)
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise ValueError(f"{path}: not ImageNet weights of {arch} "
+                                 f"({_one_line(err)})") from None
+            loaded = True
+        elif pretrained:
+            weights = torchvision.models.get_model_weights(arch).DEFAULT
+            net = _torchvision_model(arch, num_classes, weights=weights)
+            loaded = True
+        else:
+            net = _torchvision_model(arch, num_classes, weights=None)
+            loaded = False
+
+        if arch == "inception_v3":
+            net.aux_logits = False
+            net.AuxLogits = None
+            net.transform_input = False
+
+        old = _get(net, spec.first_conv)
+        conv = nn.Conv2d(1, old.out_channels, old.kernel_size, old.stride, old.padding,
+                         old.dilation, old.groups, bias=old.bias is not None,
+                         padding_mode=old.padding_mode)
+        with torch.no_grad():
+            conv.weight.copy_(old.weight.sum(1, keepdim=True) if loaded else old.weight[:, :1])
+            if old.bias is not None:
+                conv.bias.copy_(old.bias)
+        _set(net, spec.first_conv, conv)
+
+        head = _get(net, spec.head)
+        if loaded or head.out_features != num_classes:
+            _set(net, spec.head, nn.Linear(head.in_features, num_classes))
+
+        if not loaded and spec.scratch_bn_momentum is not None:
+            for m in net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = spec.scratch_bn_momentum
+
+        cam = _get(net, spec.cam_layer)
+        if isinstance(cam, (nn.ReLU, nn.Hardswish)):
+            # a hook on an in-place activation sees a tensor that is its own input;
+            # keep the CAM layer's output a fresh tensor for Grad-CAM's hooks.
+            cam.inplace = False
+
+    mean, std = ((spec.pretrained_mean, spec.pretrained_std) if loaded
+                 else (SCRATCH_MEAN, SCRATCH_STD))
+    return GrayToModel(net, arch, mean, std, num_classes)
+
+
+def target_layer(model: nn.Module, arch: str | None = None) -> nn.Module:
+    """The Grad-CAM target layer of a :func:`build_model` model: its last feature map.
+
+    densenet121 → ``features.norm5``; inception_v3 → ``Mixed_7c``; resnet18 →
+    ``layer4[-1]``; mobilenet_v3_* → ``features[-1]``; vgg16(_bn) → the ReLU after the
+    last conv (before the last max-pool). Its output is a ``(N, C, h, w)`` tensor.
+    """
+    arch = arch or getattr(model, "arch", None)
+    if arch is None:
+        raise ValueError("target_layer: pass arch= for a model not made by build_model")
+    spec = _spec(arch)
+    net = model.net if isinstance(model, GrayToModel) else model
+    return _get(net, spec.cam_layer)
+
+
+# --------------------------------------------------------------------------- batch norm
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+               for m in model.modules())
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: Iterable, device: torch.device | str | None = None,
+                   max_batches: int | None = None) -> int:
+    """Recompute every BatchNorm's running mean/var from data, as a plain average.
+
+    BN layers are reset and put in train mode with ``momentum=None`` (cumulative moving
+    average), every other module stays in eval mode (no dropout), and the batches of
+    ``loader`` (``x`` or ``(x, y, ...)``) are passed forward without gradients. The
+    result no longer depends on how fast the running statistics followed the weights
+    during training (the MobileNet V3 trap, see ``ARCHS``). Weights are untouched.
+    Batches of one image are skipped (BN cannot compute a variance from them).
+    Returns the number of images used; the model's train/eval mode and the BN momenta
+    are restored.
+    """
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    if device is None:
+        device = next(model.parameters()).device
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    seen = 0
+    try:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if x.shape[0] < 2:
+                continue
+            model(x.to(device, non_blocking=True).float())
+            seen += x.shape[0]
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        if seen == 0:  # nothing usable: put the old statistics back
+            for m, (mean, var, n) in zip(bns, saved):
+                m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(n)
+        model.train(was_training)
+    return seen
+
+
+# --------------------------------------------------------------------------- cost
+def _input_shape(input_size: int | Iterable[int], batch: int = 1) -> tuple[int, ...]:
+    if isinstance(input_size, int):
+        return (batch, 1, input_size, input_size)
+    size = tuple(int(s) for s in input_size)
+    if len(size) == 2:
+        return (batch, 1, *size)
+    if len(size) == 3:
+        return (batch, *size)
+    if len(size) == 4:
+        return size
+    raise ValueError(f"input_size must be an int, (H, W), (C, H, W) or (N, C, H, W): {input_size}")
+
+
+def model_info(model: nn.Module, input_size: int | Iterable[int] = 224) -> dict[str, int]:
+    """Parameter count and FLOPs of one forward pass on one image (``torch.utils.flop_counter``).
+
+    FLOPs count a multiply-add as 2 (divide by 2 for MACs). ``input_size``: side in px,
+    ``(H, W)`` or a full shape.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = sum(p.numel() for p in model.parameters())
+    device = next(model.parameters()).device
+    x = torch.rand(_input_shape(input_size), device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return {"params": int(params), "flops": int(counter.get_total_flops())}
+
+
+def cpu_latency(model: nn.Module, input_size: int | Iterable[int] = 224, batch: int = 1,
+                repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall-clock seconds of one eval-mode forward pass on the CPU.
+
+    A model on another device is copied to the CPU (the original is left where it is).
+    """
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).cpu()
+    was_training = model.training
+    model.eval()
+    x = torch.rand(_input_shape(input_size, batch))
+    times = []
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            for _ in range(max(1, repeats)):
+                t0 = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - t0)
+    finally:
+        model.train(was_training)
+    return float(statistics.median(times))
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _plain(obj: Any) -> Any:
+    """Settings as plain Python (what ``torch.load(weights_only=True)`` accepts)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):  # int keys stay int (an optimizer's state is keyed by index)
+        return {(k if isinstance(k, (str, int)) else str(k)): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_plain(v) for v in obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:  # numpy scalar
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def checkpoint(model: nn.Module, arch: str | None = None, settings: dict | None = None,
+               extra: dict | None = None) -> dict:
+    """A checkpoint dict: ``format``, ``arch``, ``num_classes``, ``settings``, ``state_dict``
+    (CPU tensors) and the ``extra`` entries (epoch, metrics, ...). Loadable with
+    ``torch.load(weights_only=True)``."""
+    arch = arch or getattr(model, "arch", None)
+    if arch is None:
+        raise ValueError("checkpoint: pass arch= for a model not made by build_model")
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None and arch in ARCHS:
+        num_classes = _get(model.net if isinstance(model, GrayToModel) else model,
+                           ARCHS[arch].head).out_features
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": arch,
+        "num_classes": int(num_classes) if num_classes is not None else None,
+        "settings": _plain(settings or {}),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    for key, value in (extra or {}).items():
+        if key in ckpt:
+            raise ValueError(f"checkpoint: extra key {key!r} would overwrite a reserved entry")
+        ckpt[key] = _plain(value)
+    return ckpt
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, arch: str | None = None,
+                    settings: dict | None = None, **extra: Any) -> Path:
+    """Write :func:`checkpoint` atomically (``store.save_torch``)."""
+    return store.save_torch(checkpoint(model, arch, settings, extra), path)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """The checkpoint dict at ``path`` (``weights_only=True``), checked to be a tbkd one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, unpickling refused, not a torch file, ...
+        raise ValueError(f"{path}: cannot read checkpoint ({_one_line(err)})") from None
+    if not isinstance(ckpt, dict) or "arch" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: not a tbkd checkpoint (no 'arch' and 'state_dict' entries)")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu",
+                    expect_arch: str | None = None) -> tuple[GrayToModel, dict]:
+    """Rebuild the model a checkpoint describes and load its weights; eval mode.
+
+    Returns ``(model, ckpt)``. Raises ``ValueError`` (one line, starting with the path)
+    when the file is truncated, not a tbkd checkpoint, of another arch than
+    ``expect_arch``, or its weights do not fit the architecture (missing or unexpected
+    keys, wrong head size).
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path, map_location)
+    arch = ckpt["arch"]
+    if arch not in ARCHS:
+        raise ValueError(f"{path}: unknown arch {arch!r} (known: {', '.join(ARCHS)})")
+    if expect_arch is not None and arch != expect_arch:
+        raise ValueError(f"{path}: checkpoint is a {arch}, expected {expect_arch}")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: 'state_dict' is not a dict")
+    num_classes = ckpt.get("num_classes")
+    if num_classes is None:
+        weight = state.get(f"net.{ARCHS[arch].head}.weight")
+        num_classes = int(weight.shape[0]) if isinstance(weight, torch.Tensor) else 2
+    model = build_model(arch, num_classes=int(num_classes), pretrained=False)
+    result = _load_state(model, state)
+    if result:
+        raise ValueError(f"{path}: weights do not fit {arch} with {num_classes} classes: {result}")
+    model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
+    model.eval()
+    return model, ckpt
+
+
+def _load_state(model: nn.Module, state: dict) -> str:
+    """Load strictly; '' on success, else a one-line description of what did not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[0]})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es) (e.g. {shapes[0]})")
+    if problems:
+        return "; ".join(problems)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        return _one_line(err)
+    return ""

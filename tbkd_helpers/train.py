@@ -1,0 +1,518 @@
+"""One training loop for every classifier: progress bar, early stopping, checkpoints, resume.
+
+:func:`fit` trains any model that maps a ``(N, 1, H, W)`` batch in ``[0, 1]`` to logits
+(every :func:`tbkd_helpers.models.build_model` model does) on datasets yielding
+``(x, y)`` pairs. It writes into ``ckpt_dir``:
+
+- ``last.pt`` after every epoch: weights, optimizer, scheduler, history and every random
+  state, so ``fit(..., resume=True)`` continues a stopped run and ends with exactly the
+  weights an uninterrupted run would have;
+- ``best.pt``: the epoch with the highest validation AUC (ties: lower validation loss),
+  with BatchNorm statistics recomputed on the training data at the end;
+- ``done.json`` last, when training is finished: a later call with the same settings
+  loads ``best.pt`` and returns at once.
+
+>>> hist = fit(model, train_ds, val_ds, TrainSettings(epochs=3), ckpt_dir)  # doctest: +SKIP
+>>> probs, labels = predict(model, test_ds)                                 # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
+
+from . import store
+from .config import seed_everything, torch_device
+from .models import checkpoint, has_batchnorm, read_checkpoint, recalibrate_bn
+
+__all__ = ["TrainSettings", "History", "fit", "predict", "evaluate", "dataset_labels",
+           "TrainingInterrupted"]
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "none")
+CLASS_BALANCE = ("loss", "sampler", "none")
+BN_RECALIBRATE = ("end", "epoch", "off")
+
+
+@dataclass
+class TrainSettings:
+    """Everything the training loop depends on (augmentation belongs to the dataset).
+
+    - ``optimizer``: "adamw" | "sgd" (SGD with Nesterov ``momentum``).
+    - ``schedule``: "onecycle" (warm-up then cosine decay, per step) | "cosine" (per
+      step) | "none".
+    - ``class_balance``: "loss" (class-weighted cross-entropy, inverse class frequency;
+      deterministic) | "sampler" (weighted random sampling with replacement) | "none".
+    - ``patience``: stop after this many epochs without a better validation AUC
+      (``None`` or 0: never stop early).
+    - ``bn_recalibrate``: recompute BatchNorm statistics on the training data (a no-grad
+      pass, see ``models.recalibrate_bn``) "epoch": before every validation, so that the
+      best epoch is chosen with the statistics it will be used with (costs about a third
+      of an epoch; without it a short from-scratch run validates with lagging statistics
+      and its per-epoch AUC/accuracy are near chance) | "end": once, for the best
+      checkpoint | "off".
+    - ``amp``: bf16 autocast, on CUDA only.
+    """
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    schedule: str = "onecycle"
+    class_balance: str = "loss"
+    patience: int | None = None
+    seed: int = 0
+    num_workers: int = 0
+    label_smoothing: float = 0.0
+    momentum: float = 0.9
+    bn_recalibrate: str = "epoch"
+    bn_max_batches: int | None = None
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        if self.class_balance is True:
+            self.class_balance = "loss"
+        elif self.class_balance in (False, None):
+            self.class_balance = "none"
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("class_balance", CLASS_BALANCE),
+                              ("bn_recalibrate", BN_RECALIBRATE)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainSettings.{name}={getattr(self, name)!r}: "
+                                 f"choose one of {', '.join(allowed)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("TrainSettings: epochs and batch_size must be >= 1")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError("TrainSettings.label_smoothing must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSettings":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class History:
+    """Per-epoch numbers of one training run (lists indexed by epoch, 1-based ``epoch``)."""
+
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_auc: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    # validation metrics of the returned model (best epoch, after BN recalibration)
+    final: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v)
+                      for k, v in d.items() if k in names})
+
+    @property
+    def best_val_auc(self) -> float:
+        if self.best_epoch is None:
+            return float("nan")
+        return self.val_auc[self.epoch.index(self.best_epoch)]
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by an ``on_epoch_end`` callback to stop; ``last.pt`` is already written."""
+
+
+# --------------------------------------------------------------------------- helpers
+def dataset_labels(ds: Dataset) -> np.ndarray:
+    """Integer labels of a dataset: its ``labels``/``targets`` attribute if it has one
+    (also through ``Subset``), else by reading every item."""
+    if isinstance(ds, Subset):
+        return dataset_labels(ds.dataset)[np.asarray(ds.indices)]
+    for attr in ("labels", "targets", "y"):
+        value = getattr(ds, attr, None)
+        if value is not None and not callable(value):
+            try:
+                arr = np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value)
+            except Exception:  # pragma: no cover - odd attribute
+                continue
+            if arr.ndim == 1 and len(arr) == len(ds):
+                return arr.astype(np.int64)
+    return np.asarray([int(ds[i][1]) for i in range(len(ds))], dtype=np.int64)
+
+
+def _worker_init(worker_id: int) -> None:
+    # each worker's torch seed comes from the loader's seeded generator; derive the others
+    seed = torch.initial_seed() % (2**32)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _loader(ds: Dataset, batch_size: int, num_workers: int, shuffle: bool = False,
+            generator: torch.Generator | None = None, sampler=None,
+            drop_last: bool = False, device: torch.device | None = None) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
+                      sampler=sampler, generator=generator, num_workers=num_workers,
+                      drop_last=drop_last, worker_init_fn=_worker_init if num_workers else None,
+                      pin_memory=device is not None and device.type == "cuda",
+                      persistent_workers=False)
+
+
+def _device(device) -> torch.device:
+    """None or "auto": CUDA when present (``config.torch_device``); else as given."""
+    if device is None or isinstance(device, str):
+        return torch_device(device or "auto")
+    return torch.device(device)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to_xy(batch, device):
+    x, y = batch[0], batch[1]
+    return (x.to(device, non_blocking=True).float(),
+            torch.as_tensor(y).to(device, non_blocking=True).long())
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+        "loader": generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    random.setstate(_tuples(state["python"]))
+    generator.set_state(state["loader"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _tuples(obj):
+    return tuple(_tuples(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
+
+
+def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, probs))
+
+
+def _better(auc: float, loss: float, best_auc: float, best_loss: float) -> bool:
+    """Higher AUC wins; equal AUC (or both undefined): lower loss wins."""
+    a = -math.inf if math.isnan(auc) else auc
+    b = -math.inf if math.isnan(best_auc) else best_auc
+    if a != b:
+        return a > b
+    return loss < best_loss
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+             amp: bool = True) -> dict:
+    """Validation loss (plain cross-entropy), AUC and accuracy (argmax) of ``model`` on ``loader``."""
+    was_training = model.training
+    model.eval()
+    losses, probs, labels, n = 0.0, [], [], 0
+    try:
+        for batch in loader:
+            x, y = _to_xy(batch, device)
+            with _autocast(device, amp):
+                logits = model(x)
+            logits = logits.float()
+            losses += F.cross_entropy(logits, y, reduction="sum").item()
+            probs.append(torch.softmax(logits, 1).cpu().numpy())
+            labels.append(y.cpu().numpy())
+            n += len(y)
+    finally:
+        model.train(was_training)
+    p = np.concatenate(probs) if probs else np.zeros((0, 2))
+    y = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+    return {
+        "loss": losses / max(n, 1),
+        "auc": _auc(y, p[:, 1]) if p.shape[1] == 2 else float("nan"),
+        "acc": float((p.argmax(1) == y).mean()) if n else float("nan"),
+        "n": n,
+    }
+
+
+@torch.no_grad()
+def predict(model: nn.Module, ds: Dataset, device: torch.device | str | None = None,
+            batch_size: int = 64, num_workers: int = 0, amp: bool = True
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """``(probability of class 1, label)`` for every item of ``ds``, in order.
+
+    Runs in eval mode without gradients (the model's mode is restored afterwards); the
+    model is moved to ``device`` (default: CUDA when present)."""
+    device = _device(device)
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    probs, labels = [], []
+    try:
+        for batch in _loader(ds, batch_size, num_workers, device=device):
+            x, y = _to_xy(batch, device)
+            with _autocast(device, amp):
+                logits = model(x)
+            probs.append(torch.softmax(logits.float(), 1)[:, 1].cpu().numpy())
+            labels.append(y.cpu().numpy())
+    finally:
+        model.train(was_training)
+    if not probs:
+        return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(probs).astype(np.float64), np.concatenate(labels).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- training
+def _make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, nesterov=s.momentum > 0,
+                           weight_decay=s.weight_decay)
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, s: TrainSettings, total_steps: int):
+    if s.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=max(total_steps, 2))
+    if s.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
+    return None
+
+
+def _say(msg: str, progress: bool) -> None:
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(msg)
+
+
+def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSettings,
+        ckpt_dir: str | Path, device: torch.device | str | None = None, progress: bool = True,
+        *, resume: bool = True, extra_settings: dict | None = None,
+        calib_ds: Dataset | None = None,
+        on_epoch_end: Callable[[int, History], None] | None = None) -> History:
+    """Train ``model`` in place; leave it holding the best epoch's weights, in eval mode.
+
+    - ``ckpt_dir`` receives ``last.pt`` (every epoch), ``best.pt`` and, when finished,
+      ``done.json``. If ``done.json`` and ``best.pt`` are there with the same settings,
+      the best weights are loaded and the stored history returned without training.
+    - ``resume=True`` continues from ``last.pt`` when its settings match (else training
+      starts over); the result is identical to an uninterrupted run.
+    - ``extra_settings``: anything else the result depends on (image size, split file
+      digest, ...); part of the settings fingerprint and saved in the checkpoints.
+    - ``calib_ds``: data for the final BatchNorm recalibration (default: ``train_ds``;
+      ideally the training images without augmentation).
+    - ``on_epoch_end(epoch, history)`` is called after ``last.pt`` is written (live plots;
+      raising stops the run, which can be resumed later).
+
+    The model itself must be built (and seeded) by the caller; shuffling, sampling,
+    dropout and the dataset's own augmentation draws are seeded with ``settings.seed``.
+    """
+    s = settings
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    device = _device(device)
+    arch = getattr(model, "arch", type(model).__name__)
+    fingerprint = {"train": s.to_dict(), "arch": arch, "n_train": len(train_ds),
+                   "n_val": len(val_ds), "extra": extra_settings or {}}
+    digest = store.settings_digest(fingerprint)
+    done_path, best_path, last_path = ckpt_dir / "done.json", ckpt_dir / "best.pt", ckpt_dir / "last.pt"
+    model.to(device)
+
+    # ---- a finished stage is not redone
+    if store.manifest_complete(done_path, fingerprint) and best_path.is_file():
+        best = read_checkpoint(best_path, map_location=device)
+        if best.get("digest") == digest:
+            model.load_state_dict(best["state_dict"])
+            model.eval()
+            _say(f"{arch}: finished run found in {ckpt_dir}, loaded best.pt", progress)
+            return History.from_dict(store.read_json(done_path)["history"])
+
+    # ---- data
+    labels = dataset_labels(train_ds)
+    n_classes = int(max(labels.max() + 1, 2)) if len(labels) else 2
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    class_weight = None
+    generator = torch.Generator().manual_seed(s.seed)
+    sampler = None
+    if s.class_balance == "loss":
+        w = len(labels) / (n_classes * np.maximum(counts, 1))
+        class_weight = torch.tensor(w, dtype=torch.float32, device=device)
+    elif s.class_balance == "sampler":
+        per_item = (1.0 / np.maximum(counts, 1))[labels]
+        sampler = WeightedRandomSampler(torch.as_tensor(per_item, dtype=torch.double),
+                                        num_samples=len(labels), replacement=True,
+                                        generator=generator)
+    # a last batch of one image breaks BatchNorm in train mode: drop it
+    drop_last = len(train_ds) > s.batch_size and len(train_ds) % s.batch_size == 1
+    train_loader = _loader(train_ds, s.batch_size, s.num_workers, shuffle=True,
+                           generator=generator, sampler=sampler, drop_last=drop_last, device=device)
+    val_loader = _loader(val_ds, s.batch_size, s.num_workers, device=device)
+    calib_loader = _loader(calib_ds if calib_ds is not None else train_ds, s.batch_size,
+                           s.num_workers, device=device)
+    steps_per_epoch = len(train_loader)
+    criterion = nn.CrossEntropyLoss(weight=class_weight, label_smoothing=s.label_smoothing)
+
+    # ---- fresh start or resume
+    seed_everything(s.seed)
+    optimizer = _make_optimizer(model, s)
+    scheduler = _make_scheduler(optimizer, s, s.epochs * steps_per_epoch)
+    history = History()
+    start_epoch, finished = 0, False
+    best_auc, best_loss = float("nan"), math.inf
+    last = None
+    if resume and last_path.is_file():
+        try:
+            last = read_checkpoint(last_path, map_location=device)
+        except ValueError as err:
+            _say(f"{arch}: ignoring unreadable {err}", progress)
+        if last is not None and last.get("digest") != digest:
+            _say(f"{arch}: {last_path} has other settings; starting over", progress)
+            last = None
+        if last is not None and not best_path.is_file():
+            _say(f"{arch}: {best_path} is missing; starting over", progress)
+            last = None
+    if last is not None:
+        model.load_state_dict(last["state_dict"])
+        optimizer.load_state_dict(last["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(last["scheduler"])
+        history = History.from_dict(last["history"])
+        start_epoch = int(last["epoch"])
+        finished = bool(last.get("finished", False))
+        if history.best_epoch is not None:
+            i = history.epoch.index(history.best_epoch)
+            best_auc, best_loss = history.val_auc[i], history.val_loss[i]
+        _set_rng_state(last["rng"], generator)
+        _say(f"{arch}: resuming after epoch {start_epoch} from {last_path}", progress)
+    else:
+        done_path.unlink(missing_ok=True)  # whatever was finished before had other settings
+    del last
+
+    # ---- epochs
+    from tqdm.auto import tqdm
+
+    use_bn = has_batchnorm(model) and s.bn_recalibrate != "off"
+    bar = tqdm(total=s.epochs, initial=start_epoch, desc=f"train {arch}", unit="epoch",
+               disable=not progress, leave=True)
+    try:
+        for epoch in range(start_epoch + 1, s.epochs + 1):
+            if finished:
+                break
+            t0 = time.perf_counter()
+            model.train()
+            total, n = 0.0, 0
+            inner = tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not progress)
+            for batch in inner:
+                x, y = _to_xy(batch, device)
+                with _autocast(device, s.amp):
+                    logits = model(x)
+                loss = criterion(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                total += loss.item() * len(y)
+                n += len(y)
+                inner.set_postfix(loss=f"{total / n:.4f}", refresh=False)
+            inner.close()
+            if use_bn and s.bn_recalibrate == "epoch":
+                recalibrate_bn(model, calib_loader, device, s.bn_max_batches)
+            ev = evaluate(model, val_loader, device, s.amp)
+            history.epoch.append(epoch)
+            history.train_loss.append(total / max(n, 1))
+            history.val_loss.append(ev["loss"])
+            history.val_auc.append(ev["auc"])
+            history.val_acc.append(ev["acc"])
+            history.lr.append(float(optimizer.param_groups[0]["lr"]))
+            history.seconds.append(time.perf_counter() - t0)
+            if history.best_epoch is None or _better(ev["auc"], ev["loss"], best_auc, best_loss):
+                best_auc, best_loss, history.best_epoch = ev["auc"], ev["loss"], epoch
+                store.save_torch(checkpoint(model, arch, fingerprint, {
+                    "digest": digest, "epoch": epoch, "val_auc": ev["auc"],
+                    "val_loss": ev["loss"], "val_acc": ev["acc"],
+                    "bn_recalibrated": use_bn and s.bn_recalibrate == "epoch"}),
+                    best_path)
+            if s.patience and epoch - history.best_epoch >= s.patience and epoch < s.epochs:
+                history.stopped_early = True
+                finished = True
+            last_ckpt = checkpoint(model, arch, fingerprint, {
+                "digest": digest, "epoch": epoch, "finished": finished,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "history": history.to_dict(), "rng": _rng_state(generator)})
+            store.save_torch(last_ckpt, last_path)
+            del last_ckpt
+            bar.update(1)
+            bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}",
+                            val_auc=f"{ev['auc']:.4f}", val_acc=f"{ev['acc']:.3f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, history)
+    finally:
+        bar.close()
+
+    # ---- the best epoch, with honest BatchNorm statistics
+    best = read_checkpoint(best_path, map_location=device)
+    model.load_state_dict(best["state_dict"])
+    del best
+    # BatchNorm layers normalise with running statistics in eval mode. These are an
+    # exponential average over the last training steps, computed while the weights were
+    # still moving: they describe earlier weights than the ones kept (badly so with
+    # MobileNet V3's momentum 0.01, which made an eval-mode model predict one class for
+    # every image). Recomputing them for the kept weights, over the training data in a
+    # no-grad pass, removes the lag; the weights are unchanged. With "epoch" that was
+    # done before each validation, so best.pt's statistics are already fresh.
+    if use_bn and s.bn_recalibrate == "end":
+        recalibrate_bn(model, calib_loader, device, s.bn_max_batches)
+    ev = evaluate(model, val_loader, device, s.amp)
+    history.final = {"epoch": history.best_epoch, "val_loss": ev["loss"], "val_auc": ev["auc"],
+                     "val_acc": ev["acc"], "bn_recalibrated": use_bn}
+    store.save_torch(checkpoint(model, arch, fingerprint, {
+        "digest": digest, "epoch": history.best_epoch, "val_auc": ev["auc"],
+        "val_loss": ev["loss"], "val_acc": ev["acc"], "bn_recalibrated": use_bn,
+        "history": history.to_dict()}), best_path)
+    store.write_manifest(done_path, fingerprint, digest=digest, history=history.to_dict(),
+                         best_epoch=history.best_epoch, best="best.pt")
+    model.eval()
+    return history
