@@ -39,8 +39,17 @@ class Profile:
     # stage 1: lung segmentation
     seg_size: int = 64
     seg_encoder: str = "resnet18"
-    seg_epochs: int = 8
+    seg_epochs: int = 4
     seg_batch_size: int = 16
+    seg_decoder_channels: tuple[int, ...] = (64, 32, 16, 16, 16)  # U-Net decoder widths; smp's default:
+    # (256, 128, 64, 32, 16), used by real and full
+    seg_lr: float = 3e-3  # AdamW peak learning rate (warm-up, then cosine decay)
+    seg_threshold: float = 0.5  # lung probability above which a pixel is lung
+    seg_margin: float = 0.03  # dilation margin around the lungs, share of the image's larger side
+    seg_area_bounds: tuple[float, float] = (0.08, 0.60)  # plausible lung share of the image
+    seg_min_lung_ratio: float = 0.25  # plausible: smaller lung >= this share of the larger
+    seg_mask_max_side: int = 1024  # masks are kept at the image's size, at most this long side
+    seg_extract_size: int = 0  # stored extracted images (px); 0: max(image_size, inception_size)
     # stage 2: teachers
     teachers: tuple[str, ...] = TEACHERS
     image_size: int = 64  # classifier input (lung-extracted image)
@@ -48,9 +57,16 @@ class Profile:
     teacher_epochs: int = 3
     batch_size: int = 16
     pretrained: bool = False  # ImageNet weights (needs internet the first time)
+    # stage 3: Grad-CAM
+    cam_stride: int = 16  # Grad-CAM layer: last block at stride 16 (finer maps) or 32 (classic)
+    cam_size: int = 16  # cached teacher maps are stored at this size (px)
+    cam_method: str = "gradcam"
     # stage 4: student
     student: str = "mobilenet_v3_small"
     student_epochs: int = 4
+    kd_alpha: float = 1.0  # weight of logit distillation (T^2 KL)
+    kd_temperature: float = 4.0
+    cam_beta: float = 1.0  # weight of the Grad-CAM term (2 - 2 cos for "mse": in [0, 2])
     kfold: int = 3
     # hardware
     device: str = "auto"  # "auto" picks CUDA when present
@@ -72,15 +88,16 @@ class Profile:
         return results_dir(self.name)
 
 
+SMP_DECODER = (256, 128, 64, 32, 16)  # segmentation-models-pytorch's default U-Net decoder widths
 PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick", data="phantom"),
     "real": Profile(
-        name="real", data="real", seg_size=128, seg_epochs=25, image_size=128,
+        name="real", data="real", seg_size=128, seg_epochs=25, seg_decoder_channels=SMP_DECODER, image_size=128,
         inception_size=160, teacher_epochs=12, batch_size=32, student_epochs=20,
         kfold=5,
     ),
     "full": Profile(
-        name="full", data="real", seg_size=256, seg_epochs=60, seg_batch_size=16,
+        name="full", data="real", seg_size=256, seg_epochs=60, seg_batch_size=16, seg_decoder_channels=SMP_DECODER,
         image_size=224, inception_size=299, teacher_epochs=40, batch_size=32,
         student_epochs=60, kfold=5,
     ),

@@ -32,6 +32,7 @@ from typing import Any, Iterable
 
 import torch
 import torchvision
+import torch.nn.functional as F
 from torch import nn
 
 from . import store
@@ -59,6 +60,7 @@ class ArchSpec:
     first_conv: str  # dotted path (inside the torchvision model) of the RGB input conv
     head: str  # dotted path of the final nn.Linear
     cam_layer: str  # dotted path of the Grad-CAM target layer (last feature map)
+    cam_layer16: str = ""  # the last layer at stride 16 (twice the resolution), "" = cam_layer
     min_size: int = 32  # smallest input side that survives the network's downsampling
     pretrained_mean: float = IMAGENET_GRAY_MEAN
     pretrained_std: float = IMAGENET_GRAY_STD
@@ -70,15 +72,17 @@ class ArchSpec:
 ARCHS: dict[str, ArchSpec] = {
     "densenet121": ArchSpec(
         "densenet121", "features.conv0", "classifier", "features.norm5",
+        cam_layer16="features.denseblock3",
         note="the CAM layer is norm5, the last feature map (ReLU and pooling follow)"),
     "inception_v3": ArchSpec(
         "inception_v3", "Conv2d_1a_3x3.conv", "fc", "Mixed_7c", min_size=75,
+        cam_layer16="Mixed_6e",
         # torchvision's Inception V3 weights were ported from TensorFlow and expect
         # inputs in [-1, 1]; its transform_input=True did that conversion. We turn
         # transform_input off and normalise with 0.5 / 0.5 ourselves.
         pretrained_mean=0.5, pretrained_std=0.5,
         note="aux classifier dropped; transform_input off; needs >= 75 px"),
-    "resnet18": ArchSpec("resnet18", "conv1", "fc", "layer4.1"),
+    "resnet18": ArchSpec("resnet18", "conv1", "fc", "layer4.1", cam_layer16="layer3.1"),
     # torchvision builds MobileNet V3 with BatchNorm momentum 0.01 (the TensorFlow
     # reference's 0.99 decay, meant for hundreds of thousands of steps). Trained from
     # scratch for a few hundred steps, the running statistics then lag so far behind the
@@ -88,9 +92,11 @@ ARCHS: dict[str, ArchSpec] = {
     # (recalibrate_bn). Pretrained models keep torchvision's setting.
     "mobilenet_v3_large": ArchSpec(
         "mobilenet_v3_large", "features.0.0", "classifier.3", "features.16",
+        cam_layer16="features.12",
         scratch_bn_momentum=0.1, note="BN momentum 0.1 from scratch (torchvision: 0.01)"),
     "mobilenet_v3_small": ArchSpec(
         "mobilenet_v3_small", "features.0.0", "classifier.3", "features.12",
+        cam_layer16="features.8",
         scratch_bn_momentum=0.1, note="BN momentum 0.1 from scratch (torchvision: 0.01)"),
     # VGG's CAM layer is the ReLU after the last conv, before the last max-pool: twice the
     # resolution of features[-1] (the pool), which matters at the kit's small sizes.
@@ -250,6 +256,8 @@ def build_model(arch: str, num_classes: int = 2, pretrained: bool = False,
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = spec.scratch_bn_momentum
 
+        _twice_differentiable(net)
+
         cam = _get(net, spec.cam_layer)
         if isinstance(cam, (nn.ReLU, nn.Hardswish)):
             # a hook on an in-place activation sees a tensor that is its own input;
@@ -261,19 +269,54 @@ def build_model(arch: str, num_classes: int = 2, pretrained: bool = False,
     return GrayToModel(net, arch, mean, std, num_classes)
 
 
-def target_layer(model: nn.Module, arch: str | None = None) -> nn.Module:
-    """The Grad-CAM target layer of a :func:`build_model` model: its last feature map.
+class Hardsigmoid2(nn.Module):
+    """``relu6(x + 3) / 6``: the same function as ``nn.Hardsigmoid``, built from ops
+    that have second derivatives. PyTorch's fused hardsigmoid has none
+    (``derivative for aten::hardsigmoid_backward is not implemented``), and the
+    student's differentiable Grad-CAM backpropagates through a gradient."""
 
-    densenet121 → ``features.norm5``; inception_v3 → ``Mixed_7c``; resnet18 →
-    ``layer4[-1]``; mobilenet_v3_* → ``features[-1]``; vgg16(_bn) → the ReLU after the
-    last conv (before the last max-pool). Its output is a ``(N, C, h, w)`` tensor.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(x + 3.0) / 6.0
+
+
+class Hardswish2(nn.Module):
+    """``x * relu6(x + 3) / 6``: ``nn.Hardswish`` with second derivatives (see Hardsigmoid2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * F.relu6(x + 3.0) / 6.0
+
+
+def _twice_differentiable(net: nn.Module) -> None:
+    """Swap MobileNet V3's fused hard activations for equal, twice-differentiable ones."""
+    for name, child in list(net.named_children()):
+        if isinstance(child, nn.Hardsigmoid):
+            setattr(net, name, Hardsigmoid2())
+        elif isinstance(child, nn.Hardswish):
+            setattr(net, name, Hardswish2())
+        else:
+            _twice_differentiable(child)
+
+
+def target_layer(model: nn.Module, arch: str | None = None, stride: int = 32) -> nn.Module:
+    """The Grad-CAM target layer of a :func:`build_model` model.
+
+    ``stride=32`` (the classic choice, the last feature map): densenet121 →
+    ``features.norm5``; inception_v3 → ``Mixed_7c``; resnet18 → ``layer4[-1]``;
+    mobilenet_v3_* → ``features[-1]``; vgg16(_bn) → the ReLU after the last conv (before
+    the last max-pool, so already stride 16). ``stride=16``: the last block at stride
+    16 (``denseblock3``, ``Mixed_6e``, ``layer3[-1]``, MobileNet ``features[12]`` /
+    ``features[8]``): maps with twice the resolution (8×8 instead of 4×4 at 128 px),
+    which the kit uses by default at its small image sizes (``Profile.cam_stride``).
+    Its output is a ``(N, C, h, w)`` tensor.
     """
+    if stride not in (16, 32):
+        raise ValueError(f"target_layer: stride must be 16 or 32, not {stride}")
     arch = arch or getattr(model, "arch", None)
     if arch is None:
         raise ValueError("target_layer: pass arch= for a model not made by build_model")
     spec = _spec(arch)
     net = model.net if isinstance(model, GrayToModel) else model
-    return _get(net, spec.cam_layer)
+    return _get(net, spec.cam_layer16 if stride == 16 and spec.cam_layer16 else spec.cam_layer)
 
 
 # --------------------------------------------------------------------------- batch norm

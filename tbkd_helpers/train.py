@@ -330,7 +330,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSet
         ckpt_dir: str | Path, device: torch.device | str | None = None, progress: bool = True,
         *, resume: bool = True, extra_settings: dict | None = None,
         calib_ds: Dataset | None = None,
-        on_epoch_end: Callable[[int, History], None] | None = None) -> History:
+        on_epoch_end: Callable[[int, History], None] | None = None,
+        step_loss: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None) -> History:
     """Train ``model`` in place; leave it holding the best epoch's weights, in eval mode.
 
     - ``ckpt_dir`` receives ``last.pt`` (every epoch), ``best.pt`` and, when finished,
@@ -344,6 +345,10 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSet
       ideally the training images without augmentation).
     - ``on_epoch_end(epoch, history)`` is called after ``last.pt`` is written (live plots;
       raising stops the run, which can be resumed later).
+    - ``step_loss(model, batch, criterion, device) -> (loss, y)`` replaces the plain
+      cross-entropy of a training batch (distillation adds its terms there; ``y`` is the
+      batch's labels, for the running loss). Validation stays plain cross-entropy on
+      ``val_ds``. Whatever the step loss depends on belongs in ``extra_settings``.
 
     The model itself must be built (and seeded) by the caller; shuffling, sampling,
     dropout and the dataset's own augmentation draws are seeded with ``settings.seed``.
@@ -444,10 +449,14 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSet
             total, n = 0.0, 0
             inner = tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not progress)
             for batch in inner:
-                x, y = _to_xy(batch, device)
-                with _autocast(device, s.amp):
-                    logits = model(x)
-                loss = criterion(logits.float(), y)
+                if step_loss is None:
+                    x, y = _to_xy(batch, device)
+                    with _autocast(device, s.amp):
+                        logits = model(x)
+                    loss = criterion(logits.float(), y)
+                else:  # e.g. distillation: the caller's loss on its own batch layout
+                    with _autocast(device, s.amp):
+                        loss, y = step_loss(model, batch, criterion, device)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -1,0 +1,240 @@
+"""Grad-CAM knowledge distillation: a small student learns the labels, the teacher's soft
+predictions, and where the teacher looks.
+
+The paper gives no loss formula, so every choice is a setting (:class:`DistillSettings`)::
+
+    loss = CE(student, y)
+         + alpha * T^2 * KL(p_teacher^T || p_student^T)          (logit distillation)
+         + beta  * D(cam_student, cam_guide)                     (attention distillation)
+
+- ``p^T`` is the softmax at temperature ``T`` (Hinton et al. 2015); the ``T^2`` keeps the
+  gradient scale independent of ``T``. The KL divergence runs from the teacher's
+  distribution to the student's, as in Hinton's formulation.
+- ``cam_student`` is the student's Grad-CAM for the TB class, computed differentiably
+  (:func:`tbkd_helpers.cam.differentiable_gradcam`) in the same forward pass as its
+  logits; ``cam_guide`` is the guiding teacher's cached map (:func:`make_guide`).
+- ``D`` (``cam_loss``): "mse" or "l1" between per-image L2-normalised maps, summed over
+  the map's pixels and averaged over images (for "mse" that is ``2 - 2 cos``, in
+  [0, 2], independent of the map size), or "at", attention transfer (Zagoruyko &
+  Komodakis 2017: the L2 distance of the normalised maps).
+- The guiding maps and logits come from the stage-3 cache: no teacher runs while the
+  student trains. "best": the teacher with the best validation AUC; "fusion": a
+  validation-weighted average of all teachers (weights ``max(AUC - 0.5, 0)``, so a
+  teacher at chance level has no say).
+
+Geometric augmentation moves the lungs; the guiding map must move with them, so the
+image and its map are transformed together (:class:`DistillDataset`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import cam as _cam
+from .data import CXRDataset
+
+VARIANTS = ("ce", "kd", "cam", "kd+cam")
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """The distillation loss's knobs (see the module docstring)."""
+
+    alpha: float = 0.0  # weight of the logit-distillation term
+    beta: float = 0.0  # weight of the Grad-CAM term
+    temperature: float = 4.0
+    cam_loss: str = "mse"  # "mse" | "l1" | "at"
+    target_class: int = 1  # maps of the TB class, as cached for the teachers
+
+    def __post_init__(self):
+        if self.cam_loss not in _cam.CAM_LOSSES:
+            raise ValueError(f"cam_loss={self.cam_loss!r}: choose one of {', '.join(_cam.CAM_LOSSES)}")
+        if self.alpha < 0 or self.beta < 0 or self.temperature <= 0:
+            raise ValueError("alpha and beta must be >= 0 and the temperature > 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def variant_settings(variant: str, alpha: float = 1.0, beta: float = 1.0, temperature: float = 4.0,
+                     cam_loss: str = "mse") -> DistillSettings:
+    """The ablation's four students: "ce" (labels only), "kd" (+ logit distillation),
+    "cam" (+ Grad-CAM distillation), "kd+cam" (both)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown student variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+    return DistillSettings(alpha=alpha if "kd" in variant else 0.0,
+                           beta=beta if "cam" in variant else 0.0,
+                           temperature=temperature, cam_loss=cam_loss)
+
+
+# --------------------------------------------------------------------------- losses
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, averaged over the batch."""
+    t = temperature
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
+    p_t = F.softmax(teacher_logits.float() / t, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="batchmean") * t * t
+
+
+def cam_term(student_maps: torch.Tensor, guide_maps: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """The attention term ``D``: per image, summed over the student map's pixels
+    ("mse", "l1") or the attention-transfer distance ("at"); averaged over images."""
+    loss = _cam.cam_loss(student_maps, guide_maps, kind=kind)
+    if kind in ("mse", "l1"):
+        loss = loss * student_maps.shape[-1] * student_maps.shape[-2]
+    return loss
+
+
+# --------------------------------------------------------------------------- guides
+
+@dataclass
+class Guide:
+    """The maps and logits the student is taught with, one row per training image."""
+
+    cams: np.ndarray  # (N, h, w) float32 in [0, 1]
+    logits: np.ndarray  # (N, C) float32
+    ids: list[str]
+    source: str  # "resnet18", or "fusion"
+    weights: dict[str, float]  # teacher -> weight
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def teacher_weights(val_auc: Mapping[str, float], mode: str = "best") -> dict[str, float]:
+    """Weights of the teachers in the guide, from their validation AUCs.
+
+    "best": 1 for the best teacher (ties: the first in sorted order), 0 for the others;
+    "fusion": ``max(AUC - 0.5, 0)``, normalised to sum to 1 (equal weights if every
+    teacher is at chance); a teacher's name: that teacher alone.
+    """
+    names = sorted(val_auc)
+    if not names:
+        raise ValueError("no teachers to guide the student")
+    if mode in val_auc:
+        return {n: float(n == mode) for n in names}
+    if mode == "best":
+        best = max(names, key=lambda n: (np.nan_to_num(val_auc[n], nan=-1.0), -names.index(n)))
+        return {n: float(n == best) for n in names}
+    if mode == "fusion":
+        raw = np.array([max(np.nan_to_num(val_auc[n], nan=0.5) - 0.5, 0.0) for n in names])
+        raw = raw / raw.sum() if raw.sum() > 0 else np.full(len(names), 1 / len(names))
+        return {n: float(w) for n, w in zip(names, raw)}
+    raise ValueError(f"unknown guide {mode!r}: 'best', 'fusion' or a teacher's name ({', '.join(names)})")
+
+
+def make_guide(caches: Mapping[str, "_cam.CamCache"], val_auc: Mapping[str, float],
+               mode: str = "best") -> Guide:
+    """Combine the teachers' cached maps and logits into the student's targets.
+
+    Maps are averaged with the teacher weights after each is scaled to [0, 1] (they are
+    already, per image) and brought to the largest map size; logits are averaged with
+    the same weights. Every cache must hold the same images in the same order.
+    """
+    weights = teacher_weights({k: val_auc[k] for k in caches}, mode)
+    used = {k: w for k, w in weights.items() if w > 0}
+    first = caches[next(iter(used))]
+    ids = [str(i) for i in first.ids] if first.ids is not None else []
+    size = max(max(caches[k].cams.shape[-2:]) for k in used)
+    cams = np.zeros((len(first), size, size), np.float32)
+    logits = np.zeros(first.logits.shape, np.float32)
+    for name, w in used.items():
+        c = caches[name]
+        if c.ids is not None and [str(i) for i in c.ids] != ids:
+            raise ValueError(f"{c.path}: its images differ from {first.path}'s; rebuild the CAM caches")
+        maps = np.asarray(c.cams, np.float32)
+        if maps.shape[-1] != size:
+            maps = _cam.resize_maps(maps, size)
+        cams += w * maps
+        logits += w * np.asarray(c.logits, np.float32)
+    source = next(iter(used)) if len(used) == 1 else "fusion"
+    return Guide(cams=cams, logits=logits, ids=ids, source=source, weights=weights)
+
+
+# --------------------------------------------------------------------------- data
+
+class DistillDataset(torch.utils.data.Dataset):
+    """``(image, label, guide map, guide logits)`` for each training image.
+
+    ``base`` holds the images (a ``CXRDataset`` made without augmentation, in the same
+    order as the guide). With ``augment``, one random rotation/shift/zoom is applied
+    to the image and its guide map together (the map is brought to the image's size,
+    stacked as a second channel, transformed, and shrunk back), then brightness and
+    contrast change on the image alone.
+    """
+
+    def __init__(self, base: CXRDataset, guide: Guide, augment: bool = False):
+        if len(base) != len(guide):
+            raise ValueError(f"{len(base)} images but {len(guide)} guide maps")
+        if guide.ids and [r.key for r in base.records] != guide.ids:
+            raise ValueError("the guide's images are not the data set's images (order or content)")
+        from torchvision.transforms import v2
+
+        self.base = base
+        self.labels = base.labels  # for class balancing in train.fit
+        self.records = base.records
+        self.cams = torch.from_numpy(np.ascontiguousarray(guide.cams, dtype=np.float32))
+        self.logits = torch.from_numpy(np.ascontiguousarray(guide.logits, dtype=np.float32))
+        self.augment = augment
+        self._geo = v2.RandomAffine(degrees=7, translate=(0.05, 0.05), scale=(0.93, 1.07))
+        self._jitter = v2.ColorJitter(brightness=0.15, contrast=0.15)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x = self.base.images[i]
+        m = self.cams[i]
+        if self.augment:
+            h, w = x.shape[-2:]
+            big = F.interpolate(m[None, None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            both = self._geo(torch.cat([x, big]))
+            x = self._jitter(both[:1]).clamp(0, 1)
+            m = F.adaptive_avg_pool2d(both[1:], m.shape[-2:])[0].clamp(0, 1)
+        return x, int(self.base.labels[i]), m, self.logits[i]
+
+
+# --------------------------------------------------------------------------- the training step
+
+def make_step_loss(layer: nn.Module, settings: DistillSettings):
+    """The loss of one training batch, for ``train.fit(..., step_loss=...)``.
+
+    Without a CAM term the student runs one plain forward pass; with one, its logits
+    and its differentiable Grad-CAM come from the same forward pass, and the map's
+    gradient reaches the weights (``create_graph=True``).
+    """
+    s = settings
+
+    def step(model: nn.Module, batch, criterion: nn.Module, device: torch.device):
+        x, y, guide_maps, guide_logits = (t.to(device) for t in batch)
+        if s.beta > 0:
+            maps, logits = _cam.differentiable_gradcam(model, layer, x, target_class=s.target_class)
+        else:
+            logits = model(x)
+        loss = criterion(logits.float(), y)
+        if s.alpha > 0:
+            loss = loss + s.alpha * kd_loss(logits, guide_logits, s.temperature)
+        if s.beta > 0:
+            loss = loss + s.beta * cam_term(maps, guide_maps, s.cam_loss)
+        return loss, y
+
+    return step
+
+
+def guide_agreement(student_maps: np.ndarray, guide_maps: np.ndarray) -> np.ndarray:
+    """Per-image Pearson correlation of the student's maps with the guide's (at the
+    student's map size)."""
+    if guide_maps.shape[-2:] != student_maps.shape[-2:]:
+        guide_maps = _cam.resize_maps(guide_maps, student_maps.shape[-2:])
+    return _cam.cam_agreement(student_maps, guide_maps)
+
+
+__all__ = ["VARIANTS", "DistillSettings", "variant_settings", "kd_loss", "cam_term", "Guide",
+           "teacher_weights", "make_guide", "DistillDataset", "make_step_loss", "guide_agreement"]
