@@ -35,7 +35,7 @@ class Profile:
     # phantom data (quick profile)
     phantom_size: int = 128
     phantom_counts: dict = field(default_factory=lambda: {"shenzhen": 160, "montgomery": 80})
-    phantom_difficulty: float = 0.5
+    phantom_difficulty: float = 0.25  # 0 easy .. 1 hard lesions; quick: learnable in a few epochs
     # stage 1: lung segmentation
     seg_size: int = 64
     seg_encoder: str = "resnet18"
@@ -54,7 +54,7 @@ class Profile:
     teachers: tuple[str, ...] = TEACHERS
     image_size: int = 64  # classifier input (lung-extracted image)
     inception_size: int = 80  # Inception V3 needs >= 75 px; the paper uses 299
-    teacher_epochs: int = 3
+    teacher_epochs: int = 5
     batch_size: int = 16
     pretrained: bool = False  # ImageNet weights (needs internet the first time)
     # stage 3: Grad-CAM
@@ -63,7 +63,7 @@ class Profile:
     cam_method: str = "gradcam"
     # stage 4: student
     student: str = "mobilenet_v3_small"
-    student_epochs: int = 4
+    student_epochs: int = 6
     kd_alpha: float = 1.0  # weight of logit distillation (T^2 KL)
     kd_temperature: float = 4.0
     cam_beta: float = 1.0  # weight of the Grad-CAM term (2 - 2 cos for "mse": in [0, 2])

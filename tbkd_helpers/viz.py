@@ -112,3 +112,447 @@ def side_by_side(left: Sequence[_data.Record], right: Sequence[_data.Record],
             ax.set_title(f"{name} · {LABEL_NAMES[rec.label]}", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------ stage 1: segmentation
+
+def _seg_grid(n: int, ncols: int, cell: float, title_lines: int = 1):
+    """A grid of image axes with room above each for ``title_lines`` lines of title (constrained layout)."""
+    nrows = max(1, int(np.ceil(n / ncols)))
+    head = 0.16 * title_lines + 0.08
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, (cell + head) * nrows + 0.25),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
+def unet_diagram(size: int, encoder_channels: Sequence[int], decoder_channels: Sequence[int],
+                 encoder: str = "encoder"):
+    """A U-Net drawn as its letter: the encoder going down (halving the resolution, adding
+    channels), the decoder going up, and the skip connections across."""
+    from matplotlib.patches import FancyArrowPatch, Rectangle
+
+    enc = list(encoder_channels)[1:]  # smp lists the input's channels first
+    dec = list(decoder_channels)
+    depth = len(enc)
+    fig, ax = plt.subplots(figsize=(7.6, 3.4))
+    ax.set_xlim(-0.5, 2 * depth + 1.2)
+    ax.set_ylim(-depth - 1.2, 0.8)
+    ax.axis("off")
+
+    def block(x, y, ch, res, colour):
+        h = 0.35 + 0.45 * np.log2(max(ch, 2)) / np.log2(1024)
+        ax.add_patch(Rectangle((x - 0.38, y - h / 2), 0.76, h, color=colour, alpha=0.85))
+        ax.text(x, y, f"{ch} ch\n{res}×{res}", ha="center", va="center", fontsize=6.5)
+
+    ax.text(-0.45, 0.55, f"input: 1 channel, {size}×{size}", ha="left", fontsize=7)
+    for i, ch in enumerate(enc):  # down
+        block(i, -i, ch, max(1, size // 2 ** (i + 1)), "tab:blue")
+        if i:
+            ax.add_patch(FancyArrowPatch((i - 1 + 0.3, -(i - 1) - 0.3), (i - 0.3, -i + 0.3), arrowstyle="->",
+                                         mutation_scale=8))
+    for j, ch in enumerate(dec):  # up
+        lvl = depth - 2 - j
+        x = depth + j
+        res = size // 2 ** (lvl + 1) if lvl >= 0 else size
+        block(x, -max(lvl, -1) if lvl >= 0 else 0.0, ch, res, "tab:orange")
+        if lvl >= 0:
+            start, end = (x - 1 + 0.3, -(lvl + 1) + 0.3), (x - 0.3, -lvl - 0.3)
+        else:  # the last step stays at full resolution's row
+            start, end = (x - 1 + 0.4, 0.0), (x - 0.4, 0.0)
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="->", mutation_scale=8))
+        if lvl >= 0:  # skip connection from the encoder block at the same resolution
+            ax.add_patch(FancyArrowPatch((lvl + 0.4, -lvl), (x - 0.4, -lvl), arrowstyle="->", mutation_scale=8,
+                                         color="tab:green", ls="--"))
+    ax.text(2 * depth - 1 + 0.5, 0.0, f"→ 1 lung logit\n   per pixel", ha="left", va="center", fontsize=7)
+    ax.text(0.2, -depth - 0.6, f"encoder ({encoder}): each step halves the resolution and adds channels — "
+            "what is there", fontsize=7, color="tab:blue")
+    ax.text(0.2, -depth - 1.05, "decoder: each step doubles the resolution — where it is; "
+            "green: skip connections bring back the fine detail", fontsize=7, color="tab:orange")
+    fig.tight_layout()
+    return fig
+
+
+def seg_training_curve(history: Sequence[dict], title: str = "U-Net training"):
+    """Loss (train and validation) and validation Dice per epoch; the kept epoch is marked."""
+    ep = [h["epoch"] for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(7.2, 2.6))
+    a1.plot(ep, [h["train_loss"] for h in history], "o-", ms=3, label="train")
+    a1.plot(ep, [h["val_loss"] for h in history], "s-", ms=3, label="validation")
+    a1.set_yscale("log")
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("Dice + BCE loss (log scale)")
+    a1.legend(fontsize=7)
+    dice = [h["val_dice"] for h in history]
+    a2.plot(ep, dice, "o-", ms=3, color="tab:green")
+    if dice and not all(np.isnan(dice)):
+        best = int(np.nanargmax(dice))
+        for ax in (a1, a2):
+            ax.axvline(ep[best], color="grey", ls=":", lw=1)
+        a2.annotate(f"kept: epoch {ep[best]}\nDice {dice[best]:.3f}", (ep[best], dice[best]),
+                    textcoords="offset points", xytext=(-8, -30), ha="right", fontsize=7,
+                    arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.6})
+        a2.set_ylim(max(0.0, np.nanmin(dice) - 0.05), 1.0)
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("validation Dice")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def segmentation_overlays(cases: Sequence[dict], ncols: int = 4, title: str | None = None, cell: float = 2.3,
+                          legend: str | None = None):
+    """X-rays with the predicted lung outline (orange) and, where known, the manual one (cyan).
+
+    ``cases``: dicts with ``image``, ``pred`` (bool mask of the image's shape), ``truth``
+    (bool mask or None), ``title``, and optionally ``plausible`` (a red title if False).
+    ``legend`` replaces the explanation of the colours.
+    """
+    fig, axes = _seg_grid(len(cases), min(ncols, max(1, len(cases))), cell,
+                          title_lines=max([str(c.get("title", "")).count("\n") + 1 for c in cases] or [1]))
+    for ax, c in zip(axes.flat, cases):
+        ax.imshow(c["image"], cmap="gray", vmin=0, vmax=1)
+        if c.get("truth") is not None and c["truth"].any():
+            ax.contour(c["truth"], levels=[0.5], colors="cyan", linewidths=1.0)
+        if c["pred"].any():
+            ax.contour(c["pred"], levels=[0.5], colors="orange", linewidths=1.0, linestyles="--")
+        ax.set_title(c.get("title", ""), fontsize=7, color="black" if c.get("plausible", True) else "red")
+    has_truth = any(c.get("truth") is not None for c in cases)
+    legend = legend or ("orange dashed: U-Net" + (", cyan: manual mask" if has_truth else " (no manual mask)"))
+    fig.suptitle(f"{title} — {legend}" if title else legend, fontsize=8)
+    return fig
+
+
+def dice_distribution(table, title: str = "Dice per test image"):
+    """Each test image's Dice as a dot, one row per data set, with the mean marked."""
+    groups = sorted(table["dataset"].unique())
+    fig, ax = plt.subplots(figsize=(6.0, 0.6 + 0.55 * max(1, len(groups))))
+    rng = np.random.default_rng(0)
+    for i, ds in enumerate(groups):
+        d = table.loc[table["dataset"] == ds, "dice"].to_numpy()
+        ax.scatter(d, i + rng.uniform(-0.15, 0.15, len(d)), s=12, alpha=0.7)
+        ax.plot([d.mean()] * 2, [i - 0.3, i + 0.3], color="black", lw=1.5)
+        ax.annotate(f"mean {d.mean():.3f}", (d.mean(), i + 0.32), fontsize=7, ha="center")
+    ax.set_yticks(range(len(groups)), groups)
+    ax.set_ylim(-0.6, len(groups) - 0.3)
+    ax.set_xlabel("Dice (1 = perfect overlap with the manual mask)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def postprocess_steps(steps: dict):
+    """One prediction through post-processing: X-ray, probability, thresholded, cleaned.
+
+    ``steps``: dict with ``image``, ``prob``, ``raw`` (thresholded) and ``clean``
+    (post-processed) arrays of one shape, and ``title``.
+    """
+    from scipy import ndimage
+
+    fig, axes = plt.subplots(1, 4, figsize=(8.4, 2.4))
+    axes[0].imshow(steps["image"], cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("X-ray")
+    im = axes[1].imshow(steps["prob"], cmap="magma", vmin=0, vmax=1)
+    axes[1].set_title("U-Net probability")
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02)
+    for ax, key, name in ((axes[2], "raw", "thresholded"), (axes[3], "clean", "post-processed")):
+        lab, n = ndimage.label(steps[key])
+        shown = np.ma.masked_where(lab == 0, lab)
+        ax.imshow(np.zeros_like(lab), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(shown, cmap="tab10", vmin=1, vmax=10, interpolation="nearest")
+        ax.set_title(f"{name}: {n} region{'s' if n != 1 else ''}")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(steps.get("title", ""), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def extraction_pairs(pairs: Sequence[dict], ncols: int = 2, cell: float = 2.2):
+    """Before and after lung extraction, side by side: the X-ray with its predicted mask
+    outlined, and the lung-extracted image the classifiers will see.
+
+    ``pairs``: dicts with ``image``, ``mask`` (same shape), ``extracted``, ``title`` and
+    ``fallback`` (True when the mask was implausible and the whole image was kept).
+    """
+    ncols = max(1, min(ncols, len(pairs)))
+    fig, axes = _seg_grid(2 * len(pairs), 2 * ncols, cell, title_lines=1)
+    for i, p in enumerate(pairs):
+        a, b = axes[i // ncols, 2 * (i % ncols)], axes[i // ncols, 2 * (i % ncols) + 1]
+        a.imshow(p["image"], cmap="gray", vmin=0, vmax=1)
+        if p["mask"].any():
+            a.contour(p["mask"], levels=[0.5], colors="orange", linewidths=1.0)
+        a.set_title(p["title"], fontsize=7)
+        b.imshow(p["extracted"], cmap="gray", vmin=0, vmax=1)
+        fb = p.get("fallback", False)
+        b.set_title("whole image (mask implausible)" if fb else "lungs extracted", fontsize=7,
+                    color="red" if fb else "black")
+    fig.suptitle("before → after lung extraction (orange: predicted lung mask)", fontsize=8)
+    return fig
+
+
+# ------------------------------------------------------------------------ stage 2: teachers
+
+def model_colours(names: Sequence[str]) -> dict:
+    """One fixed colour per model, by position: a model keeps its colour in every figure
+    of a chapter when the figures get the names in the same order."""
+    cmap = plt.get_cmap("tab10")
+    return {n: cmap(i % 10) for i, n in enumerate(names)}
+
+
+def _history_dict(h) -> dict:
+    return h.to_dict() if hasattr(h, "to_dict") else dict(h)
+
+
+def training_curves(histories: dict, title: str = "training curves"):
+    """Training loss, validation loss and validation AUC per epoch, one line per model.
+
+    ``histories``: ``{name: train.History}`` (or its ``to_dict()``). The epoch each model
+    kept (its best validation AUC) is ringed. Each panel holds one line per model (the
+    AUC panel also a dotted chance line at 0.5); the legend is below the panels.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    names = list(histories)
+    colours = model_colours(names)
+    panels = (("train_loss", "training loss\n(class-weighted cross-entropy)"),
+              ("val_loss", "validation loss\n(cross-entropy)"), ("val_auc", "validation AUC"))
+    fig, axes = plt.subplots(1, 3, figsize=(9.6, 2.9))
+    for name in names:
+        h = _history_dict(histories[name])
+        ep, best = list(h["epoch"]), h.get("best_epoch")
+        for ax, (key, _) in zip(axes, panels):
+            ax.plot(ep, h[key], "o-", ms=3, lw=1.3, color=colours[name], label=name)
+            if best in ep:
+                ax.scatter([best], [h[key][ep.index(best)]], s=70, facecolors="none",
+                           edgecolors=[colours[name]], linewidths=1.4, zorder=3)
+    for ax, (key, label) in zip(axes, panels):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if key != "val_auc":
+            vals = np.array([v for n in names for v in _history_dict(histories[n])[key]], float)
+            vals = vals[np.isfinite(vals) & (vals > 0)]
+            if len(vals) and vals.max() / vals.min() > 20:
+                ax.set_yscale("log")
+                ax.set_ylabel(label + " (log)")
+    axes[2].axhline(0.5, color="grey", ls=":", lw=1)
+    axes[2].set_ylim(min(0.4, np.nanmin([np.nanmin(_history_dict(histories[n])["val_auc"] or [1.0])
+                                         for n in names] or [1.0])) - 0.02, 1.02)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(names), 5), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, -0.01))
+    fig.suptitle(f"{title} (ring: the epoch kept, best validation AUC)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def roc_curves(curves: dict, title: str | None = None):
+    """ROC curves of several models on one axis per data set.
+
+    ``curves``: ``{dataset: {model: {"fpr", "tpr", "auc"[, "point", "n_pos", "n_neg"]}}}``
+    (``pipeline.roc_by_dataset`` builds it). Each model is one line, labelled with its AUC;
+    ``point`` (false-positive rate, sensitivity) — the operating point at the threshold
+    chosen on validation — is drawn as a dot on the line. A dotted diagonal is chance.
+    """
+    datasets = list(curves)
+    names = list(dict.fromkeys(m for d in curves.values() for m in d))
+    colours = model_colours(names)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.3 * len(datasets), 3.5), squeeze=False)
+    for ax, ds in zip(axes.flat, datasets):
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+        info = {}
+        for m, c in curves[ds].items():
+            ax.plot(c["fpr"], c["tpr"], lw=1.4, color=colours[m], label=f"{m}  {c['auc']:.2f}")
+            if c.get("point") is not None:
+                ax.scatter(*c["point"], s=22, color=colours[m], edgecolors="black", linewidths=0.5, zorder=3)
+            info = c
+        head = ds
+        if "n_pos" in info:
+            head += f" (n = {info['n_pos'] + info['n_neg']}: {info['n_pos']} TB, {info['n_neg']} normal)"
+        ax.set_title(head, fontsize=8)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_aspect("equal")
+        ax.set_xlabel("1 − specificity (false-positive rate)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="lower right", title="model  AUC", title_fontsize=6.5)
+    axes[0, 0].set_ylabel("sensitivity (true-positive rate)")
+    fig.suptitle(title or "ROC curves on the test split (dot: the threshold chosen on validation)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_grid(rows, models: Sequence[str] | None = None, datasets: Sequence[str] | None = None,
+                   cell: float = 1.55):
+    """Confusion matrices as small multiples: one row per data set, one column per model.
+
+    ``rows``: dicts (or a DataFrame) with ``model``, ``dataset``, ``tn``, ``fp``, ``fn``,
+    ``tp``. Each matrix has the true class down and the predicted class across; a cell
+    shows its count, shaded by its share of the true class (the diagonal's shades are
+    specificity and sensitivity).
+    """
+    rows = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
+    models = list(models or dict.fromkeys(r["model"] for r in rows))
+    datasets = list(datasets or dict.fromkeys(r["dataset"] for r in rows))
+    by = {(r["model"], r["dataset"]): r for r in rows}
+    fig, axes = plt.subplots(len(datasets), len(models), figsize=(cell * len(models) + 0.6,
+                                                                  cell * len(datasets) + 0.6), squeeze=False)
+    for i, ds in enumerate(datasets):
+        for j, m in enumerate(models):
+            ax = axes[i, j]
+            ax.set_xticks([0, 1], ["normal", "TB"] if i == len(datasets) - 1 else ["", ""], fontsize=7)
+            ax.set_yticks([0, 1], ["normal", "TB"] if j == 0 else ["", ""], fontsize=7)
+            ax.tick_params(length=0)
+            if i == 0:
+                ax.set_title(m, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{ds}\ntrue", fontsize=8)
+            if i == len(datasets) - 1:
+                ax.set_xlabel("predicted", fontsize=7)
+            r = by.get((m, ds))
+            if r is None:
+                ax.imshow(np.zeros((2, 2)), cmap="Blues", vmin=0, vmax=1)
+                continue
+            counts = np.array([[r["tn"], r["fp"]], [r["fn"], r["tp"]]], float)
+            share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+            ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+            for a in range(2):
+                for b in range(2):
+                    ax.text(b, a, f"{int(counts[a, b])}", ha="center", va="center", fontsize=8,
+                            color="white" if share[a, b] > 0.6 else "black")
+    fig.suptitle("confusion matrices on the test split (shade: share of the true class)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------ stage 3: Grad-CAM
+
+def _cam_axes(ax, image, cam=None, alpha: float = 0.5, lungs=None, lesions=None):
+    """An X-ray with a map drawn over it (jet colours, ``alpha`` its opacity), and the
+    lung (cyan) and lesion (red) outlines when given."""
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="bilinear")
+    if cam is not None and alpha > 0:
+        ax.imshow(cam, cmap="jet", vmin=0, vmax=1, alpha=float(alpha), interpolation="bilinear")
+    if lungs is not None and np.any(lungs):
+        ax.contour(lungs, levels=[0.5], colors="cyan", linewidths=0.9)
+    if lesions is not None and np.any(lesions):
+        ax.contour(lesions, levels=[0.5], colors="red", linewidths=0.9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def cam_explorer_figure(view, alpha: float = 0.5, cell: float = 3.0):
+    """The CAM explorer's picture: one panel per model (``widgets.View.panels``), each the
+    X-ray the model saw with its map at opacity ``alpha``, the lung mask (cyan) and
+    lesions (red) when switched on; the panel's title gives the model, its P(TB), its
+    decision (✓ right, ✗ wrong) and which class's map is shown.
+
+    Drawn on a ``matplotlib.figure.Figure`` outside pyplot, so that redrawing from a
+    widget callback neither piles up figures nor shows them twice in a notebook.
+    """
+    from matplotlib.figure import Figure
+
+    panels = list(view.panels)
+    n = max(1, len(panels))
+    fig = Figure(figsize=(cell * n + 0.4, cell + 0.75))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    if not panels:
+        axes[0].axis("off")
+        axes[0].text(0.5, 0.5, view.message or "nothing to show", ha="center", va="center",
+                     fontsize=10, transform=axes[0].transAxes)
+    for ax, p in zip(axes, panels):
+        _cam_axes(ax, p.image, p.cam, alpha, p.lungs, p.lesions)
+        ax.set_title(p.title, fontsize=8, color="black" if p.correct else "tab:red")
+    fig.suptitle(view.title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def cam_gallery(rows: Sequence[dict], columns: Sequence[str], alpha: float = 0.5, cell: float = 1.45,
+                title: str | None = None):
+    """The same X-rays under several models: one row per image, one column per model.
+
+    ``rows``: dicts with ``group`` (e.g. "TP"), ``key``, ``image`` (the X-ray at the
+    first column's size), ``lungs`` / ``lesions`` (masks for the first column, or None)
+    and ``panels``: ``{column: {"image", "cam", "prob", "correct"}}``. A row with no
+    ``key`` is a group without images: its ``group`` text is written across the row.
+    The first column shows the X-ray with the lungs (cyan) and lesions (red) outlined;
+    each model's panel is titled with its P(TB), red when its decision was wrong.
+    """
+    columns = list(columns)
+    ncols = 1 + len(columns)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(cell * ncols, cell * len(rows) + 0.5),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, row in enumerate(rows):
+        if not row.get("key"):
+            axes[i, 0].text(0.0, 0.5, row["group"], ha="left", va="center", fontsize=8,
+                            transform=axes[i, 0].transAxes)
+            continue
+        ax = axes[i, 0]
+        ax.axis("on")
+        _cam_axes(ax, row["image"], None, 0.0, row.get("lungs"), row.get("lesions"))
+        ax.set_ylabel(f"{row['group']}\n{row['key'].split('/')[-1]}", fontsize=6.5)
+        for j, name in enumerate(columns, 1):
+            p = row["panels"].get(name)
+            if p is None:
+                continue
+            ax = axes[i, j]
+            ax.axis("on")
+            _cam_axes(ax, p["image"], p["cam"], alpha)
+            ax.set_title(f"P(TB) {p['prob']:.2f}", fontsize=7, color="black" if p["correct"] else "tab:red",
+                         pad=2)
+    for j, name in enumerate(["X-ray"] + columns):
+        axes[0, j].annotate(name, (0.5, 1.22), xycoords="axes fraction", ha="center", fontsize=8,
+                            fontweight="bold")
+    fig.suptitle(title or "Grad-CAM of the TB class (red title: that model's decision was wrong; "
+                 "cyan: lungs, red: lesions)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def agreement_matrix(matrix, names: Sequence[str], title: str = "agreement between the teachers' maps",
+                     label: str = "mean Pearson correlation"):
+    """A square matrix of pairwise agreement (e.g. ``pipeline.attention_agreement``), with
+    each value written in its cell."""
+    m = np.asarray(matrix, float)
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * k, 0.6 + 0.7 * k))
+    im = ax.imshow(m, cmap="viridis", vmin=min(0.0, np.nanmin(m)), vmax=1.0)
+    ax.set_xticks(range(k), names, rotation=35, ha="right", fontsize=7)
+    ax.set_yticks(range(k), names, fontsize=7)
+    for a in range(k):
+        for b in range(k):
+            if np.isfinite(m[a, b]):
+                ax.text(b, a, f"{m[a, b]:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if m[a, b] > 0.6 else "white")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label=label)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def cam_methods(image, maps: dict, alpha: float = 0.5, lungs=None, lesions=None, title: str | None = None,
+                cell: float = 1.7):
+    """One X-ray under several CAM methods: ``maps`` is ``{method: (H, W) map}``."""
+    names = list(maps)
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(cell * (len(names) + 1), cell + 0.6), squeeze=False)
+    _cam_axes(axes[0, 0], image, None, 0.0, lungs, lesions)
+    axes[0, 0].set_title("X-ray", fontsize=8)
+    for ax, name in zip(axes[0, 1:], names):
+        _cam_axes(ax, image, maps[name], alpha)
+        ax.set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
