@@ -22,3 +22,19 @@ def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _text_progress_bars() -> None:
+    """Headless runs (``make reproduce``) set ``TBKD_PROGRESS=text``: progress bars are then
+    plain text on stderr, which papermill streams to the terminal, instead of notebook
+    widgets that a headless run cannot show."""
+    import os
+
+    if os.environ.get("TBKD_PROGRESS") == "text":
+        import tqdm.auto
+        import tqdm.std
+
+        tqdm.auto.tqdm = tqdm.std.tqdm
+
+
+_text_progress_bars()

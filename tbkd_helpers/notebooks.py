@@ -75,7 +75,10 @@ def reproduce(profile: str = "quick", data_dir: str | None = None, out_dir: Path
 
     Raises :class:`NotebookFailure` at the first notebook that fails.
     """
+    import os
+
     out_dir = Path(out_dir) if out_dir else REPO_ROOT / "runs" / profile
+    os.environ.setdefault("TBKD_PROGRESS", "text")  # the kernels inherit it: text progress bars
     params = {"PROFILE": profile}
     if data_dir:
         params["DATA_DIR"] = str(Path(data_dir).expanduser().absolute())
