@@ -3,14 +3,22 @@
     tbkd reproduce [--profile quick|real|full] [--data-dir DIR]   run every notebook headlessly
     tbkd check-data DIR [--skip-bad]                                read a data folder, report it
     tbkd phantoms OUTDIR [--shenzhen N] [--montgomery N] [--size PX] [--seed S]
+    tbkd segment IMAGE|DIR... -o OUTDIR [--checkpoint UNET] [--profile P]   lung masks and extracted lungs
+    tbkd predict IMAGE|DIR... [--model CKPT] [--cam OUT.png] [--json] [--profile P]
+                                                                    P(TB), decision, Grad-CAM overlay
+    tbkd export --format torchscript|onnx [--model CKPT] [-o OUT] [--profile P]
+                                                                    the student for deployment, checked
 
 Every failure is one line on stderr that names the file, and a non-zero exit status.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+
+PROFILES = ("quick", "real", "full")
 
 
 def _reproduce(args) -> int:
@@ -54,6 +62,317 @@ def _phantoms(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- tbkd segment
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:400]
+
+
+def _segment(args) -> int:
+    from .config import get_profile
+    from .data import DataError
+    from .segmentation import segment_files
+
+    profile = get_profile(args.profile)
+    try:
+        results = segment_files(args.images, args.outdir, args.checkpoint, profile)
+    except (DataError, OSError) as err:
+        print(f"tbkd segment: {_one_line(err)}", file=sys.stderr)
+        return 1
+    failed = 0
+    for r in results:
+        if r.error:
+            failed += 1
+            print(f"tbkd segment: {r.error}", file=sys.stderr)
+            continue
+        if r.note:
+            print(f"tbkd segment: note: {r.note}", file=sys.stderr)
+        print(f"{r.path}: mask {r.mask}, lungs {r.extracted}")
+    done = len(results) - failed
+    print(f"{done} of {len(results)} image(s) segmented into {args.outdir}" + (f"; {failed} failed" if failed else ""),
+          file=sys.stderr)
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- tbkd predict
+
+class Predictor:
+    """A classifier checkpoint and the U-Net of a profile, ready for image files.
+
+    ``predict(path)`` does to one file what the kit's stages do to a data set: read it
+    (any PNG/JPEG, any size or bit depth: ``data.read_image``), predict its lung mask
+    with the U-Net and cut out the lungs as stage 1 does (``segmentation.process_image``,
+    the same 8-bit rounding as the stored extracted images), resize to the classifier's
+    input and return P(TB), the decision at the saved threshold and the Grad-CAM map of
+    the TB class (``cam.compute_cams_and_logits``: one forward pass gives both).
+    """
+
+    def __init__(self, profile, checkpoint=None, unet=None, threshold: float | None = None):
+        from . import models, pipeline, results
+        from . import segmentation as seg
+
+        self.profile = profile
+        self.checkpoint = Path(checkpoint) if checkpoint else pipeline.student_dir(profile, "kd+cam") / "best.pt"
+        if not self.checkpoint.is_file():
+            hint = "" if checkpoint else " (train the student first: notebook 04, or `tbkd reproduce`)"
+            raise FileNotFoundError(f"{self.checkpoint}: no classifier checkpoint here{hint}")
+        self.model, ckpt = models.load_checkpoint(self.checkpoint)
+        self.arch = ckpt["arch"]
+        extra = (ckpt.get("settings") or {}).get("extra") or {}
+        self.size = int(extra.get("size") or profile.size_for(self.arch))
+        self.layer = models.target_layer(self.model, self.arch, stride=int(extra.get("cam_stride") or
+                                                                          profile.cam_stride))
+        self.unet, useg = seg.load_unet(unet or seg.checkpoint_path(profile))
+        self.seg_size = int(useg["seg_size"])
+        if threshold is not None:
+            self.threshold, self.threshold_source = float(threshold), "given on the command line"
+        else:
+            info = results.read_threshold(self.checkpoint)
+            if info is None:
+                self.threshold, self.threshold_source = 0.5, "default 0.5: no saved threshold for this checkpoint"
+            else:
+                self.threshold = float(info["threshold"])
+                self.threshold_source = f"{info['rule']}, chosen on the {info['chosen_on']}"
+
+    def predict(self, path) -> dict:
+        import numpy as np
+        import torch
+
+        from . import cam as _cam
+        from . import segmentation as seg
+        from .data import read_image, resize
+
+        img = read_image(path)
+        lung_prob = seg.predict_probs(self.unet, [img], self.seg_size)[0]
+        _, ext, info = seg.process_image(img, lung_prob, self.profile)
+        x = resize(seg._to_u8(ext).astype(np.float32) / 255.0, self.size)  # as the stored PNG, read back
+        maps, logits = _cam.compute_cams_and_logits(self.model, self.layer, torch.tensor(x)[None, None],
+                                                    target_class=1, method="gradcam")
+        prob = float(torch.softmax(torch.from_numpy(logits).double(), 1)[0, 1])
+        side = int(min(512, max(seg.extract_size(self.profile), info["box"][2])))
+        _, shown, _ = seg.process_image(img, lung_prob, self.profile.replace(seg_extract_size=side))
+        return {"file": str(path), "prob_tb": round(prob, 6), "decision": "TB" if prob >= self.threshold else "normal",
+                "threshold": round(self.threshold, 6), "threshold_source": self.threshold_source,
+                "lungs": "whole image" if info["fallback"] else "extracted", "lung_check": info["reason"],
+                "model": str(self.checkpoint), "_cam": maps[0], "_image": shown}
+
+
+def write_overlay(image, cam_map, path) -> Path:
+    """The Grad-CAM overlay (``cam.overlay``) as an 8-bit RGB PNG, written atomically."""
+    import numpy as np
+    from PIL import Image
+
+    from . import store
+    from .cam import overlay
+
+    rgb = np.round(np.clip(overlay(image, cam_map, alpha=0.4), 0, 1) * 255).astype(np.uint8)
+    path = Path(path)
+    with store.atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+    return path
+
+
+def _cam_path(cam: Path, image: Path, many: bool) -> Path:
+    """Where an image's overlay goes: ``--cam`` itself for one image; for several, beside
+    it as ``<cam stem>_<image stem>.png``; in a folder ``--cam`` names: ``<image stem>_cam.png``."""
+    if cam.is_dir() or str(cam).endswith(("/", "\\")):
+        return cam / f"{image.stem}_cam.png"
+    if not many:
+        return cam
+    return cam.with_name(f"{cam.stem}_{image.stem}{cam.suffix or '.png'}")
+
+
+def _predict(args) -> int:
+    from .config import get_profile
+    from .data import DataError
+    from .segmentation import expand_inputs
+
+    profile = get_profile(args.profile)
+    try:
+        predictor = Predictor(profile, args.model, args.unet, args.threshold)
+    except (DataError, ValueError, OSError) as err:
+        print(f"tbkd predict: {_one_line(err)}", file=sys.stderr)
+        return 1
+    inputs = expand_inputs(args.images)
+    many = len(inputs) > 1
+    failed, used = 0, set()
+    for path, err in inputs:
+        out = None
+        if err is None:
+            try:
+                out = predictor.predict(path)
+                if args.cam:
+                    cp = _cam_path(Path(args.cam), path, many)
+                    while cp in used:
+                        cp = cp.with_name(cp.stem + "-2" + cp.suffix)
+                    used.add(cp)
+                    out["cam"] = str(write_overlay(out["_image"], out["_cam"], cp))
+                else:
+                    out["cam"] = None
+            except (DataError, ValueError, OSError, RuntimeError) as e:
+                err = _one_line(e) if str(e).startswith(str(path)) else f"{path}: {_one_line(e)}"
+        if err is not None:
+            failed += 1
+            print(f"tbkd predict: {err}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"file": str(path), "error": err}))
+            continue
+        shown = {k: v for k, v in out.items() if not k.startswith("_")}
+        if args.json:
+            print(json.dumps(shown))
+        else:
+            lungs = "lungs extracted" if out["lungs"] == "extracted" else \
+                f"whole image used (implausible lung mask: {out['lung_check']})"
+            print(f"{path}: P(TB) = {out['prob_tb']:.3f} -> {out['decision']} "
+                  f"(threshold {out['threshold']:.3f}; {lungs})" + (f"; Grad-CAM overlay {out['cam']}" if out["cam"] else ""))
+    if not args.json:
+        print(f"model {predictor.checkpoint} ({predictor.arch}, {predictor.size} px); threshold "
+              f"{predictor.threshold:.3f} ({predictor.threshold_source})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- tbkd export
+
+def probabilities_module(model):
+    """The classifier followed by a softmax: the exported module gives P(normal), P(TB)
+    for a ``(N, 1, S, S)`` batch in [0, 1]."""
+    import torch
+
+    class Probabilities(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
+
+        def forward(self, x):
+            return torch.softmax(self.model(x), dim=1)
+
+    return Probabilities(model).eval()
+
+
+def export_model(model, size: int, path, fmt: str) -> Path:
+    """Export a classifier as TorchScript (``torch.jit.trace``) or ONNX (the TorchScript-based
+    ``torch.onnx.export``, which needs nothing beyond torch and onnx), with a dynamic batch.
+
+    Input ``image`` ``(N, 1, size, size)`` float32 in [0, 1]; output ``probabilities``
+    ``(N, 2)``: normal, TB. The normalisation is inside the model.
+    """
+    import warnings
+
+    import torch
+
+    from . import store
+
+    wrapped = probabilities_module(model.cpu().eval())
+    example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notes and tracer notes on shape checks
+        with store.atomic_path(path) as tmp, torch.no_grad():
+            if fmt == "torchscript":
+                traced = torch.jit.trace(wrapped, example)
+                traced.save(str(tmp))
+            elif fmt == "onnx":
+                torch.onnx.export(wrapped, (example,), str(tmp), input_names=["image"],
+                                  output_names=["probabilities"], opset_version=17, dynamo=False,
+                                  dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
+            else:
+                raise ValueError(f"unknown export format {fmt!r}: torchscript or onnx")
+    return path
+
+
+def run_exported(path, fmt: str, images):
+    """Probabilities ``(N, 2)`` of an exported file on ``images`` ``(N, 1, S, S)`` (numpy)."""
+    import numpy as np
+
+    x = np.ascontiguousarray(images, dtype=np.float32)
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return sess.run(["probabilities"], {"image": x})[0]
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return module(torch.from_numpy(x)).numpy()
+
+
+def export_difference(model, path, fmt: str, images) -> float:
+    """Largest absolute difference between the PyTorch model's probabilities and the
+    exported file's on ``images``."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        ref = torch.softmax(model.cpu().eval()(torch.as_tensor(np.asarray(images, np.float32))), 1).numpy()
+    return float(np.abs(run_exported(path, fmt, images) - ref).max())
+
+
+def _check_images(profile, size: int, n: int = 16):
+    """Up to ``n`` lung-extracted test-split images of the profile at ``size`` px, and what
+    they are; random images when the profile's artifacts are not there."""
+    import numpy as np
+
+    from . import segmentation as seg
+    from . import store
+    from .data import DataError, read_image, resize
+
+    try:
+        ext = seg.load_extraction(profile)
+        split = store.read_json(Path(profile.artifacts) / "splits.json")
+        keys = [k for k in split["test"] if k in ext.entries][:n]
+        if keys:
+            x = np.stack([resize(read_image(ext.path(k)), size) for k in keys])[:, None]
+            return x, f"{len(keys)} test-split images of the {profile.name} profile"
+    except (DataError, OSError, ValueError, KeyError):
+        pass
+    x = np.random.default_rng(0).random((n, 1, size, size), dtype=np.float32)
+    return x, f"{n} random images (no {profile.name} test images found)"
+
+
+def _export(args) -> int:
+    from . import models, pipeline, results, store
+    from .config import get_profile
+
+    profile = get_profile(args.profile)
+    ckpt = Path(args.model) if args.model else pipeline.student_dir(profile, "kd+cam") / "best.pt"
+    try:
+        model, info = models.load_checkpoint(ckpt)
+    except (ValueError, OSError) as err:
+        print(f"tbkd export: {_one_line(err)}", file=sys.stderr)
+        return 1
+    size = int(((info.get("settings") or {}).get("extra") or {}).get("size") or profile.size_for(info["arch"]))
+    suffix = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}[args.format]
+    out = Path(args.out) if args.out else ckpt.parent / f"model{suffix}"
+    try:
+        export_model(model, size, out, args.format)
+        images, what = _check_images(profile, size)
+        diff = export_difference(model, out, args.format, images)
+    except Exception as err:  # noqa: BLE001 - an exporter failure is reported in one line
+        print(f"tbkd export: {out}: export failed ({_one_line(err)})", file=sys.stderr)
+        return 1
+    thr = results.read_threshold(ckpt)
+    store.write_json(out.with_name(out.name + ".json"), {
+        "format": args.format, "arch": info["arch"], "source_checkpoint": str(ckpt),
+        "source_checkpoint_sha256": store.file_sha256(ckpt), "input": {"name": "image", "shape": ["N", 1, size, size],
+                                                                      "dtype": "float32", "range": [0, 1]},
+        "output": {"name": "probabilities", "shape": ["N", 2], "classes": ["normal", "TB"]},
+        "preprocessing": "lung extraction by the kit's U-Net (tbkd segment), then resize to the input size; "
+                         "the intensity normalisation is inside the model",
+        "threshold": thr, "check": {"images": what, "max_abs_difference": diff}})
+    ok = diff <= args.tolerance
+    print(f"{out}: {args.format} export of {ckpt} ({info['arch']}, input 1x{size}x{size}); largest difference "
+          f"from PyTorch on {what}: {diff:.2e} ({'within' if ok else 'OVER'} {args.tolerance:g})")
+    if not ok:
+        print(f"tbkd export: {out}: probabilities differ from PyTorch by {diff:.2e}", file=sys.stderr)
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tbkd", description="Grad-CAM knowledge distillation for TB detection: "
                                 "the tbkd teaching kit's command line")
@@ -78,6 +397,40 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--difficulty", type=float, default=0.5)
     ph.set_defaults(func=_phantoms)
+
+    s = sub.add_parser("segment", help="lung mask and lung-extracted image of image files (the stage-1 U-Net)")
+    s.add_argument("images", nargs="+", help="PNG/JPEG files or folders of them")
+    s.add_argument("-o", "--outdir", type=Path, required=True, help="folder for <name>_mask.png and <name>_lungs.png")
+    s.add_argument("--checkpoint", type=Path, default=None,
+                   help="U-Net checkpoint (default: the profile's, artifacts/<profile>/segmentation/unet.pt)")
+    s.add_argument("--profile", default="quick", choices=PROFILES)
+    s.set_defaults(func=_segment)
+
+    pr = sub.add_parser("predict", help="P(TB), the decision and a Grad-CAM overlay for image files")
+    pr.add_argument("images", nargs="+", help="PNG/JPEG files (any size, any bit depth) or folders of them")
+    pr.add_argument("--model", type=Path, default=None,
+                    help="classifier checkpoint (default: the profile's distilled student, "
+                         "artifacts/<profile>/students/kd+cam-best/best.pt)")
+    pr.add_argument("--cam", type=Path, default=None,
+                    help="write the Grad-CAM overlay here (several images: <stem>_<image>.png beside it; "
+                         "a folder: <image>_cam.png in it)")
+    pr.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    pr.add_argument("--profile", default="quick", choices=PROFILES,
+                    help="whose student and U-Net to use (default quick)")
+    pr.add_argument("--unet", type=Path, default=None, help="U-Net checkpoint (default: the profile's)")
+    pr.add_argument("--threshold", type=float, default=None,
+                    help="decision threshold (default: the one saved beside the checkpoint, chosen on validation)")
+    pr.set_defaults(func=_predict)
+
+    ex = sub.add_parser("export", help="export the student as TorchScript or ONNX and check its probabilities")
+    ex.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    ex.add_argument("--model", type=Path, default=None, help="classifier checkpoint (default: the profile's student)")
+    ex.add_argument("-o", "--out", type=Path, default=None,
+                    help="output file (default: model.onnx / model.torchscript.pt beside the checkpoint)")
+    ex.add_argument("--profile", default="quick", choices=PROFILES)
+    ex.add_argument("--tolerance", type=float, default=1e-4,
+                    help="largest allowed difference of the probabilities from PyTorch's")
+    ex.set_defaults(func=_export)
     return p
 
 

@@ -331,10 +331,10 @@ def cost_table(costs: dict):
     """``{model: cost(...)}`` as a pandas DataFrame with readable units."""
     import pandas as pd
 
-    return pd.DataFrame({m: {"input (px)": c.get("size"), "parameters (M)": round(c["params"] / 1e6, 2),
-                             "GFLOPs": round(c["flops"] / 1e9, 3), "weights (MB)": c["weights_mb"],
-                             "CPU latency, batch 1 (ms)": c["latency_ms_b1"]}
-                         for m, c in costs.items()}).T
+    return pd.DataFrame.from_dict({m: {"input (px)": c.get("size"), "parameters (M)": round(c["params"] / 1e6, 2),
+                                       "GFLOPs": round(c["flops"] / 1e9, 3), "weights (MB)": c["weights_mb"],
+                                       "CPU latency, batch 1 (ms)": c["latency_ms_b1"]}
+                                   for m, c in costs.items()}, orient="index")
 
 
 def roc_by_dataset(parts: dict, thresholds: dict | None = None,
@@ -404,13 +404,14 @@ class TeacherAttention:
 
 def teacher_attention(profile, prep: _data.Prepared, teachers: Sequence[str] | None = None,
                       part: str = "test", method: str = "gradcam", target_class: int = 1,
-                      progress: bool = False) -> TeacherAttention:
+                      loaded: dict | None = None, progress: bool = False) -> TeacherAttention:
     """Every teacher's maps of class ``target_class`` (TB) on ``part``, at its input size.
 
     Teachers missing from the artifacts are trained first. Maps are computed here (the
     test part is small; the training part's maps are the distillation cache,
     :func:`cam_cache`). Probabilities and thresholds are those of :func:`predictions`
     and :func:`evaluate` (threshold by Youden's rule on the validation split).
+    ``loaded``: ``{arch: model}`` already in memory, used instead of the checkpoint.
     """
     archs = list(teachers or profile.teachers)
     records = classifier_records(profile, prep, part)
@@ -420,9 +421,12 @@ def teacher_attention(profile, prep: _data.Prepared, teachers: Sequence[str] | N
                            thresholds={}, sizes={}, models={}, images={}, lungs={}, lesions={})
     for arch in archs:
         d = teacher_dir(profile, arch)
-        if not (d / "done.json").is_file():
-            train_teacher(profile, arch, prep, progress=progress)
-        model = load_classifier(d / "best.pt")
+        model = (loaded or {}).get(arch)
+        if model is None:
+            if not (d / "done.json").is_file():
+                train_teacher(profile, arch, prep, progress=progress)
+            model = load_classifier(d / "best.pt")
+        model.eval()
         size = profile.size_for(arch)
         if size not in att.images:
             att.images[size] = _data.CXRDataset(records, size=size).images
@@ -444,42 +448,85 @@ def teacher_attention(profile, prep: _data.Prepared, teachers: Sequence[str] | N
     return att
 
 
+def cam_layers(profile, models: dict) -> list[dict]:
+    """Where Grad-CAM looks in each model: ``{model: nn.Module}`` (keys: architectures)
+    → one dict per model with its input size and, for the layers at stride 16 (the kit's
+    default) and 32 (the classic last feature map), the layer's name and map size."""
+    rows = []
+    for arch, model in models.items():
+        size = profile.size_for(arch)
+        names = {id(m): n for n, m in model.named_modules()}
+        row = {"teacher": arch, "input": f"{size}×{size}"}
+        for stride in (16, 32):
+            layer = _models.target_layer(model, arch, stride=stride)
+            shapes = []
+            handle = layer.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[-2:])))
+            try:
+                with torch.no_grad(), _cam._eval_mode(model):
+                    model(torch.zeros(1, 1, size, size, device=next(model.parameters()).device))
+            finally:
+                handle.remove()
+            name = names.get(id(layer), "?").removeprefix("net.")
+            row[f"layer (stride {stride})"] = name
+            row[f"map (stride {stride})"] = "×".join(map(str, shapes[-1]))
+        rows.append(row)
+    return rows
+
+
 def road_subset(att: TeacherAttention, n: int = 16) -> np.ndarray:
     """The images ROAD is measured on: the first ``n`` TB images of the part (in the
     split's order; the TB map explains a TB image)."""
     return np.flatnonzero(att.labels == 1)[:n]
 
 
+def _nanmean(values) -> float:
+    """The mean of the finite values; NaN (without a warning) when there are none."""
+    v = np.asarray(values, dtype=float).reshape(-1)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
+
+
 def attention_agreement(att: TeacherAttention, metric: str = "pearson") -> np.ndarray:
     """``(T, T)``: the mean over images of each pair of teachers' map agreement
-    (``cam.cam_agreement``: Pearson correlation, or the IoU of the top 20 % pixels)."""
+    (``cam.cam_agreement``: Pearson correlation, or the IoU of the top 20 % pixels).
+    Images where a map is constant (e.g. empty) are left out; a pair with no image left
+    is NaN."""
     names = att.teachers
     m = np.eye(len(names))
     for i, a in enumerate(names):
         for j in range(i + 1, len(names)):
             b = names[j]
-            m[i, j] = m[j, i] = np.nanmean(_cam.cam_agreement(att.maps[a], att.maps[b], metric=metric))
+            m[i, j] = m[j, i] = _nanmean(_cam.cam_agreement(att.maps[a], att.maps[b], metric=metric))
     return m
 
 
+#: the columns of :func:`attention_table` as a report names them
+ATTENTION_COLUMNS = {"in_lung": "in-lung share", "pointing": "pointing game", "road": "ROAD",
+                     "agreement": "agreement", "n_images": "n images", "n_empty": "n empty maps",
+                     "n_lesion": "n lesion", "n_road": "n ROAD"}
+
+
 def attention_table(att: TeacherAttention, road_images: int = 16,
-                    road_percentiles: Sequence[int] = (20, 40, 60, 80), seed: int = 0,
+                    road_percentiles: Sequence[int] = (20, 50, 80), seed: int = 0,
                     chance_row: bool = True) -> list[dict]:
     """How good each teacher's attention is, one dict per teacher:
 
     - ``in_lung``: mean share of the map's mass inside the U-Net's lung mask
-      (``cam.mass_in_mask``; all images);
+      (``cam.mass_in_mask``; over the images whose map is not empty);
     - ``pointing``: pointing-game hit rate: the share of TB images with a known lesion
-      (phantoms) whose map peaks on it (``cam.pointing_game``); NaN on real data;
+      (phantoms) whose map peaks on it (``cam.pointing_game``; an empty map misses);
+      NaN on real data;
     - ``road``: mean ROAD score (``cam.faithfulness``, ``road_combined``: confidence
       drop when the most relevant pixels are removed, against when the least relevant
       are; higher is more faithful) on :func:`road_subset` (``road_images`` TB images);
     - ``agreement``: mean Pearson correlation with the other teachers' maps;
-    - ``n_images``, ``n_lesion``, ``n_road``: how many images each figure rests on.
+    - ``n_images``, ``n_empty`` (maps with no positive value: nothing in the image
+      argues for TB, e.g. a model whose output does not depend on its input),
+      ``n_lesion``, ``n_road``: how many images each figure rests on.
 
-    With ``chance_row`` a last row, ``"chance"``, says what a map with no information
-    scores: a uniform map's in-lung share (the lungs' share of the image) and a random
-    pixel's chance of landing on a lesion.
+    An average over no image is NaN. With ``chance_row`` a last row, ``"chance"``, says
+    what a map with no information scores: a uniform map's in-lung share (the lungs'
+    share of the image) and a random pixel's chance of landing on a lesion.
     """
     names = att.teachers
     agree = attention_agreement(att) if len(names) > 1 else np.full((1, 1), np.nan)
@@ -493,21 +540,44 @@ def attention_table(att: TeacherAttention, road_images: int = 16,
                                   target_class=1, metric="road_combined", percentiles=road_percentiles,
                                   seed=seed) if len(sub) else np.array([np.nan]))
         others = [agree[i, j] for j in range(len(names)) if j != i]
-        rows.append({"teacher": arch, "in_lung": float(np.nanmean(_cam.mass_in_mask(maps, att.lungs[s]))),
-                     "pointing": float(np.nanmean(hits)) if np.isfinite(hits).any() else float("nan"),
-                     "road": float(np.nanmean(road)) if np.isfinite(road).any() else float("nan"),
-                     "agreement": float(np.mean(others)) if others else float("nan"),
-                     "n_images": len(maps), "n_lesion": int(np.isfinite(hits).sum()), "n_road": len(sub)})
+        rows.append({"teacher": arch, "in_lung": _nanmean(_cam.mass_in_mask(maps, att.lungs[s])),
+                     "pointing": _nanmean(hits), "road": _nanmean(road), "agreement": _nanmean(others),
+                     "n_images": len(maps), "n_empty": int((maps.reshape(len(maps), -1).max(1) <= 0).sum()),
+                     "n_lesion": int(np.isfinite(hits).sum()), "n_road": len(sub)})
     if chance_row and names:
         s = att.sizes[names[0]]
         lungs, les = att.lungs[s], att.lesions[s]
         has = les.reshape(len(les), -1).any(1)
-        rows.append({"teacher": "chance", "in_lung": float(lungs.reshape(len(lungs), -1).mean(1).mean()),
-                     "pointing": float(les[has].reshape(has.sum(), -1).mean(1).mean()) if has.any()
-                     else float("nan"),
-                     "road": float("nan"), "agreement": float("nan"), "n_images": len(lungs),
+        rows.append({"teacher": "chance", "in_lung": _nanmean(lungs.reshape(len(lungs), -1).mean(1)),
+                     "pointing": _nanmean(les[has].reshape(int(has.sum()), -1).mean(1)),
+                     "road": float("nan"), "agreement": float("nan"), "n_images": len(lungs), "n_empty": 0,
                      "n_lesion": int(has.sum()), "n_road": 0})
     return rows
+
+
+def attention_summary(rows: Sequence[dict]) -> list[str]:
+    """One line per teacher of :func:`attention_table`: its in-lung share and pointing
+    game against the chance row, its ROAD score, and its empty maps."""
+    chance = next((r for r in rows if r["teacher"] == "chance"), None)
+
+    def vs(r, key):
+        if chance is None or not (np.isfinite(r[key]) and np.isfinite(chance[key])):
+            return "n/a"
+        return f"{r[key] - chance[key]:+.2f}"
+
+    lines = []
+    for r in rows:
+        if r["teacher"] == "chance":
+            continue
+        if r["n_empty"] == r["n_images"]:
+            lines.append(f"{r['teacher']:>20}: every map is empty — no pixel argues for TB (its output "
+                         f"hardly depends on the image)")
+            continue
+        road = f"{r['road']:+.3f}" if np.isfinite(r["road"]) else "n/a"
+        empty = f"; {r['n_empty']} empty maps" if r["n_empty"] else ""
+        lines.append(f"{r['teacher']:>20}: in-lung share {vs(r, 'in_lung')} and pointing game "
+                     f"{vs(r, 'pointing')} against chance; ROAD {road}{empty}")
+    return lines
 
 
 GALLERY_GROUPS = {"TP": "true positives: TB, and most teachers say TB",
@@ -581,3 +651,228 @@ def lagging_bn(model: torch.nn.Module, ds, steps: int, momentum: float = 0.01, b
                 if done >= steps:
                     break
     return lag.eval()
+
+
+# --- reporting (stage 4)
+
+ABLATION_METRICS = ("accuracy", "auc", "sensitivity", "specificity", "f1")
+ATTENTION_LABELS = {"in_lung": "in-lung share", "agreement": "agreement with guide"}
+
+
+def guide_for_part(profile, prep: _data.Prepared, guide: str = "best", part: str = "test",
+                   progress: bool = False) -> _distill.Guide:
+    """The guide of :func:`train_student` (``distill.make_guide``: the best teacher's maps
+    and logits, or the validation-weighted fusion) on any split part, from the stage-3
+    caches (built, and teachers trained, when missing). On ``"test"`` it is what the
+    students' maps are compared with; the students never see it while training."""
+    for arch in profile.teachers:
+        if not (teacher_dir(profile, arch) / "done.json").is_file():
+            train_teacher(profile, arch, prep, progress=progress)
+    aucs = teacher_val_auc(profile, prep)
+    caches = {a: cam_cache(profile, a, prep, part, progress=progress)
+              for a, w in _distill.teacher_weights(aucs, guide).items() if w > 0}
+    return _distill.make_guide(caches, aucs, guide)
+
+
+def _num(v, ndigits: int = 4):
+    v = float(v)
+    return None if not np.isfinite(v) else round(v, ndigits)
+
+
+def mean_ci(values, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float, float]:
+    """``(mean, lo, hi)``: the mean of ``values`` (NaNs left out) and its percentile
+    bootstrap ``1 - alpha`` interval (images resampled with replacement). NaN bounds
+    with fewer than two values or ``n_boot=0``; all NaN when no value is finite."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan"), float("nan")
+    mean = float(v.mean())
+    if n_boot <= 0 or len(v) < 2:
+        return mean, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return mean, float(lo), float(hi)
+
+
+def attention_by_dataset(maps, lungs, guide_maps, datasets: Sequence[str], n_boot: int = 1000,
+                         seed: int = 0) -> list[dict]:
+    """Where a student looks, per data set and pooled (``"all"``, last), like
+    :func:`evaluate`'s rows: ``n``; ``in_lung``, the mean share of the map's mass inside
+    the U-Net lung mask (``cam.mass_in_mask``); ``agreement``, the mean per-image Pearson
+    correlation with the guide's map of the same image (``distill.guide_agreement``, at
+    the student's map size); each with ``_lo`` / ``_hi`` bootstrap bounds
+    (:func:`mean_ci`). Maps, masks and guide maps are ``(N, ., .)`` in the same order as
+    ``datasets``; numbers are rounded to 4 decimals (undefined: ``None``)."""
+    ds = np.asarray([str(d) for d in datasets])
+    in_lung = _cam.mass_in_mask(maps, lungs)
+    agree = _distill.guide_agreement(np.ascontiguousarray(maps, np.float32),
+                                     np.ascontiguousarray(guide_maps, np.float32))
+    if not len(ds) == len(in_lung) == len(agree):
+        raise ValueError(f"{len(in_lung)} maps, {len(agree)} guide maps but {len(ds)} data set names")
+    rows = []
+    for name in sorted(set(ds)) + ["all"]:
+        sel = np.ones(len(ds), bool) if name == "all" else ds == name
+        row = {"dataset": name, "n": int(sel.sum())}
+        for key, vals in (("in_lung", in_lung), ("agreement", agree)):
+            m, lo, hi = mean_ci(vals[sel], n_boot=n_boot, seed=seed)
+            row.update({key: _num(m), f"{key}_lo": _num(lo), f"{key}_hi": _num(hi)})
+        rows.append(row)
+    return rows
+
+
+def ablation_table(results: dict, attention: dict | None = None, metrics: Sequence[str] = ABLATION_METRICS,
+                   digits: int = 2, index_name: str = "student"):
+    """The distillation ablation as a pandas DataFrame indexed by (model, data set).
+
+    ``results``: ``{model: evaluate(...) rows}``; ``attention``: ``{model:
+    attention_by_dataset(...) rows}`` (a model or data set missing there shows "—").
+    Columns: ``n (TB)``, one per metric and, with ``attention``, the in-lung share and
+    the agreement with the guide, each as ``"value [lo, hi]"`` (:func:`format_ci`).
+    Rows keep the order of ``results`` and of each model's rows.
+    """
+    import pandas as pd
+
+    records = []
+    for model, rows in results.items():
+        att = {r["dataset"]: r for r in (attention or {}).get(model, [])}
+        for r in rows:
+            rec = {index_name: model, "dataset": r["dataset"], "n (TB)": f"{r['n']} ({r['n_pos']})"}
+            rec.update({METRIC_LABELS.get(m, m): format_ci(r.get(m), r.get(f"{m}_lo"), r.get(f"{m}_hi"), digits)
+                        for m in metrics})
+            if attention is not None:
+                a = att.get(r["dataset"])
+                rec.update({label: format_ci(a.get(k), a.get(f"{k}_lo"), a.get(f"{k}_hi"), digits) if a else "—"
+                            for k, label in ATTENTION_LABELS.items()})
+            records.append(rec)
+    return pd.DataFrame(records).set_index([index_name, "dataset"])
+
+
+def ablation_points(results: dict, attention: dict | None = None, dataset: str = "all",
+                    metrics: Sequence[str] = ABLATION_METRICS) -> dict:
+    """``{model: {label: (value, lo, hi)}}`` of one data set's rows, for
+    ``viz.ablation_intervals`` (labels as in :func:`ablation_table`; undefined: NaN)."""
+    def trio(r, k):
+        return tuple(float("nan") if _undefined(r.get(x)) else float(r.get(x)) for x in (k, f"{k}_lo", f"{k}_hi"))
+
+    out = {}
+    for model, rows in results.items():
+        r = next((x for x in rows if x["dataset"] == dataset), None)
+        if r is None:
+            continue
+        out[model] = {METRIC_LABELS.get(m, m): trio(r, m) for m in metrics}
+        a = next((x for x in (attention or {}).get(model, []) if x["dataset"] == dataset), None)
+        if a is not None:
+            out[model].update({label: trio(a, k) for k, label in ATTENTION_LABELS.items()})
+    return out
+
+
+def distill_gallery_picks(labels, guide_probs, per_group: dict | None = None) -> dict[str, list[int]]:
+    """Images for the students' gallery, ``{"TB" | "normal": [index, ...]}``: the TB
+    images the guide is surest are TB (highest P(TB) first) and the normal images it is
+    surest are normal (lowest first); ``per_group`` defaults to 3 TB, 1 normal."""
+    per_group = per_group or {"TB": 3, "normal": 1}
+    y, p = np.asarray(labels, int), np.asarray(guide_probs, float)
+    out = {}
+    for group, n in per_group.items():
+        idx = np.flatnonzero(y == (1 if group == "TB" else 0))
+        order = np.argsort(-p[idx] if group == "TB" else p[idx], kind="stable")
+        out[group] = idx[order][:n].tolist()
+    return out
+
+
+def distill_gallery_rows(records: Sequence, images, columns: dict, picks: dict[str, list[int]],
+                         lungs=None, lesions=None) -> list[dict]:
+    """Rows for ``viz.cam_gallery`` (one per picked image): every column shows the same
+    X-ray (``images`` ``(N, 1, s, s)``) under one model's map. ``columns``: ``{name:
+    {"maps": (N, h, w), "probs": (N,), "threshold": float}}``; maps of another size are
+    resized to ``s``. ``lungs`` / ``lesions``: ``(N, s, s)`` masks for the first column."""
+    imgs = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images, np.float32)
+    size = imgs.shape[-1]
+    maps = {n: (c["maps"] if c["maps"].shape[-1] == size else _cam.resize_maps(np.asarray(c["maps"], np.float32),
+                                                                                size))
+            for n, c in columns.items()}
+    labels = np.array([int(r.label) for r in records])
+    rows = []
+    for group, idx in picks.items():
+        if not idx:
+            rows.append({"group": f"{group}: none on this split"})
+        for i in idx:
+            panels = {n: {"image": imgs[i, 0], "cam": np.asarray(maps[n][i], np.float32),
+                          "prob": float(c["probs"][i]),
+                          "correct": bool(int(c["probs"][i] >= c["threshold"]) == labels[i])}
+                      for n, c in columns.items()}
+            rows.append({"group": group, "key": records[i].key, "image": imgs[i, 0],
+                         "lungs": None if lungs is None else lungs[i],
+                         "lesions": None if lesions is None else lesions[i], "panels": panels})
+    return rows
+
+
+def guide_predictions(profile, prep: _data.Prepared, guide: str = "best",
+                      parts: Sequence[str] = ("val", "test")) -> dict:
+    """The guide's P(TB) on ``parts``, in :func:`predictions`' format (so that
+    :func:`evaluate` scores it like any model): the softmax of its cached logits, i.e.
+    the best teacher's own probabilities, or those of the fused logits."""
+    out = {}
+    for part in parts:
+        g = guide_for_part(profile, prep, guide, part)
+        recs = classifier_records(profile, prep, part)
+        if g.ids and g.ids != [r.key for r in recs]:
+            raise ValueError(f"the {part!r} guide's images are not the {part!r} split's; rebuild the CAM caches")
+        p = torch.softmax(torch.from_numpy(np.asarray(g.logits, np.float64)), 1)[:, 1].numpy()
+        out[part] = {"keys": [r.key for r in recs], "datasets": [r.dataset for r in recs],
+                     "labels": [int(r.label) for r in recs], "probs": [round(float(v), 6) for v in p]}
+    return out
+
+
+def _score(preds: dict, maps, guide: _distill.Guide, records, profile, rule: str, n_boot: int) -> dict:
+    if guide.ids and guide.ids != [r.key for r in records]:
+        raise ValueError("the guide's test images are not the test split's; rebuild the CAM caches")
+    rows = evaluate(preds, rule=rule, n_boot=n_boot, seed=profile.seed)
+    lungs = lung_masks(profile, records, profile.size_for(profile.student), "lung")
+    att = attention_by_dataset(maps, lungs, guide.cams, [r.dataset for r in records], n_boot=n_boot,
+                               seed=profile.seed)
+    by_key = dict(zip(preds["test"]["keys"], preds["test"]["probs"]))
+    return {"test": rows, "attention": att, "maps": maps, "guide": guide.source,
+            "probs": np.array([by_key[r.key] for r in records], float), "threshold": rows[0]["threshold"]}
+
+
+def score_student(profile, prep: _data.Prepared, model, variant: str, guide: str = "best",
+                  cam_loss: str = "mse", rule: str = "youden", n_boot: int = 1000) -> dict:
+    """What the ablation reports of one trained student (:func:`train_student`'s
+    ``variant``, ``guide``, ``cam_loss``), on the test split:
+
+    ``test``: :func:`evaluate`'s rows (threshold chosen on validation by ``rule``);
+    ``attention``: :func:`attention_by_dataset` against the test maps of ``guide`` (for
+    "ce", which had no guide, the guide it is compared with); ``maps``: its Grad-CAM
+    maps of the TB class ``(N, s, s)``; ``probs``: its P(TB) and ``threshold``, in the
+    test split's order; ``guide``: the guide's name.
+    """
+    preds = predictions(profile, student_dir(profile, variant, guide, cam_loss), profile.student, prep,
+                        model=model)
+    maps, records = student_maps(profile, model, prep, "test")
+    return _score(preds, maps, guide_for_part(profile, prep, guide, "test"), records, profile, rule, n_boot)
+
+
+def score_guide(profile, prep: _data.Prepared, guide: str = "best", rule: str = "youden",
+                n_boot: int = 1000) -> dict:
+    """:func:`score_student`'s dict for the guide itself (its cached test maps and the
+    softmax of its cached logits, :func:`guide_predictions`): the row the students are
+    measured against. Its agreement with itself is 1 by definition."""
+    g = guide_for_part(profile, prep, guide, "test")
+    return _score(guide_predictions(profile, prep, guide), g.cams, g, classifier_records(profile, prep, "test"),
+                  profile, rule, n_boot)
+
+
+def ablation_entry(score: dict, history=None, **run) -> dict:
+    """The JSON-ready part of a :func:`score_student` / :func:`score_guide` dict (test
+    rows, attention rows, the guide's name), with ``run`` (e.g. ``variant``,
+    ``guide_mode``, ``cam_loss``) and, for a trained student's ``history``, its kept
+    epoch, epochs run and validation AUC."""
+    out = {"test": score["test"], "attention": score["attention"], "guide": score["guide"], **run}
+    if history is not None:
+        h = history.to_dict() if hasattr(history, "to_dict") else dict(history)
+        out.update(best_epoch=h.get("best_epoch"), epochs_run=len(h.get("epoch", [])),
+                   val_auc=(h.get("final") or {}).get("val_auc"))
+    return out

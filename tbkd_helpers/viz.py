@@ -366,7 +366,7 @@ def roc_curves(curves: dict, title: str | None = None):
     datasets = list(curves)
     names = list(dict.fromkeys(m for d in curves.values() for m in d))
     colours = model_colours(names)
-    fig, axes = plt.subplots(1, len(datasets), figsize=(3.3 * len(datasets), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.4 * len(datasets), 4.1), squeeze=False)
     for ax, ds in zip(axes.flat, datasets):
         ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
         info = {}
@@ -384,7 +384,8 @@ def roc_curves(curves: dict, title: str | None = None):
         ax.set_aspect("equal")
         ax.set_xlabel("1 − specificity (false-positive rate)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="lower right", title="model  AUC", title_fontsize=6.5)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False,
+                  title="model, test AUC", title_fontsize=7)
     axes[0, 0].set_ylabel("sensitivity (true-positive rate)")
     fig.suptitle(title or "ROC curves on the test split (dot: the threshold chosen on validation)", fontsize=9)
     fig.tight_layout()
@@ -397,8 +398,8 @@ def confusion_grid(rows, models: Sequence[str] | None = None, datasets: Sequence
 
     ``rows``: dicts (or a DataFrame) with ``model``, ``dataset``, ``tn``, ``fp``, ``fn``,
     ``tp``. Each matrix has the true class down and the predicted class across; a cell
-    shows its count, shaded by its share of the true class (the diagonal's shades are
-    specificity and sensitivity).
+    shows its count, shaded by its share of the true class: blue for the correct cells
+    (their shades are specificity and sensitivity), red for the mistakes.
     """
     rows = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
     models = list(models or dict.fromkeys(r["model"] for r in rows))
@@ -424,12 +425,15 @@ def confusion_grid(rows, models: Sequence[str] | None = None, datasets: Sequence
                 continue
             counts = np.array([[r["tn"], r["fp"]], [r["fn"], r["tp"]]], float)
             share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-            ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+            rgb = np.array([[(plt.get_cmap("Blues") if a == b else plt.get_cmap("Reds"))(0.05 + 0.85 * share[a, b])
+                             for b in range(2)] for a in range(2)])
+            ax.imshow(rgb)
             for a in range(2):
                 for b in range(2):
                     ax.text(b, a, f"{int(counts[a, b])}", ha="center", va="center", fontsize=8,
                             color="white" if share[a, b] > 0.6 else "black")
-    fig.suptitle("confusion matrices on the test split (shade: share of the true class)", fontsize=9)
+    fig.suptitle("confusion matrices on the test split (blue: correct, red: mistakes; "
+                 "shade: share of the true class)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -463,7 +467,7 @@ def cam_explorer_figure(view, alpha: float = 0.5, cell: float = 3.0):
 
     panels = list(view.panels)
     n = max(1, len(panels))
-    fig = Figure(figsize=(cell * n + 0.4, cell + 0.75))
+    fig = Figure(figsize=(cell * n + 0.4, cell + 0.9), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
     if not panels:
         axes[0].axis("off")
@@ -473,12 +477,11 @@ def cam_explorer_figure(view, alpha: float = 0.5, cell: float = 3.0):
         _cam_axes(ax, p.image, p.cam, alpha, p.lungs, p.lesions)
         ax.set_title(p.title, fontsize=8, color="black" if p.correct else "tab:red")
     fig.suptitle(view.title, fontsize=8)
-    fig.tight_layout()
     return fig
 
 
 def cam_gallery(rows: Sequence[dict], columns: Sequence[str], alpha: float = 0.5, cell: float = 1.45,
-                title: str | None = None):
+                title: str | None = None, method: str = "Grad-CAM"):
     """The same X-rays under several models: one row per image, one column per model.
 
     ``rows``: dicts with ``group`` (e.g. "TP"), ``key``, ``image`` (the X-ray at the
@@ -496,8 +499,9 @@ def cam_gallery(rows: Sequence[dict], columns: Sequence[str], alpha: float = 0.5
         ax.axis("off")
     for i, row in enumerate(rows):
         if not row.get("key"):
-            axes[i, 0].text(0.0, 0.5, row["group"], ha="left", va="center", fontsize=8,
-                            transform=axes[i, 0].transAxes)
+            note = axes[i, 0].text(0.0, 0.5, row["group"], ha="left", va="center", fontsize=8,
+                                   transform=axes[i, 0].transAxes)
+            note.set_in_layout(False)  # it runs across the empty row
             continue
         ax = axes[i, 0]
         ax.axis("on")
@@ -515,7 +519,7 @@ def cam_gallery(rows: Sequence[dict], columns: Sequence[str], alpha: float = 0.5
     for j, name in enumerate(["X-ray"] + columns):
         axes[0, j].annotate(name, (0.5, 1.22), xycoords="axes fraction", ha="center", fontsize=8,
                             fontweight="bold")
-    fig.suptitle(title or "Grad-CAM of the TB class (red title: that model's decision was wrong; "
+    fig.suptitle(title or f"{method} maps of the TB class (red title: that model's decision was wrong; "
                  "cyan: lungs, red: lesions)", fontsize=8)
     fig.tight_layout()
     return fig
@@ -524,7 +528,7 @@ def cam_gallery(rows: Sequence[dict], columns: Sequence[str], alpha: float = 0.5
 def agreement_matrix(matrix, names: Sequence[str], title: str = "agreement between the teachers' maps",
                      label: str = "mean Pearson correlation"):
     """A square matrix of pairwise agreement (e.g. ``pipeline.attention_agreement``), with
-    each value written in its cell."""
+    each value written in its cell ("n/a" where it is undefined)."""
     m = np.asarray(matrix, float)
     k = len(names)
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * k, 0.6 + 0.7 * k))
@@ -536,6 +540,8 @@ def agreement_matrix(matrix, names: Sequence[str], title: str = "agreement betwe
             if np.isfinite(m[a, b]):
                 ax.text(b, a, f"{m[a, b]:.2f}", ha="center", va="center", fontsize=7,
                         color="black" if m[a, b] > 0.6 else "white")
+            else:  # e.g. a model whose maps are all empty
+                ax.text(b, a, "n/a", ha="center", va="center", fontsize=7, color="grey")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label=label)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -554,5 +560,284 @@ def cam_methods(image, maps: dict, alpha: float = 0.5, lungs=None, lesions=None,
         ax.set_title(name, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------ stage 4: distillation
+
+def _map_over(ax, image, cam=None, alpha: float = 0.5):
+    """An X-ray with a map over it; the map is stretched over the whole image, whatever
+    its own size (a 16-px guide map over a 64-px image)."""
+    image = np.asarray(image, dtype=float)
+    h, w = image.shape[-2:]
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="bilinear")
+    if cam is not None and alpha > 0:
+        ax.imshow(np.asarray(cam, dtype=float), cmap="jet", vmin=0, vmax=1, alpha=float(alpha),
+                  interpolation="bilinear", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def joint_augmentation(samples: Sequence, alpha: float = 0.5, cell: float = 1.6, title: str | None = None):
+    """Augmented copies of one training image and its guide map, transformed together.
+
+    ``samples``: ``[(title, image (H, W), map (h, w)), ...]`` (the first usually the
+    original). Top row: the X-ray alone; bottom row: the same X-ray with its map over it.
+    A map that moved with the image stays on the same anatomy in every column.
+    """
+    samples = list(samples)
+    n = max(1, len(samples))
+    fig, axes = plt.subplots(2, n, figsize=(cell * n, 2 * cell + 0.5), squeeze=False)
+    for j, (name, image, cam) in enumerate(samples):
+        _map_over(axes[0, j], image)
+        _map_over(axes[1, j], image, cam, alpha)
+        axes[0, j].set_title(name, fontsize=7.5)
+    axes[0, 0].set_ylabel("X-ray", fontsize=8)
+    axes[1, 0].set_ylabel("with its guide map", fontsize=8)
+    fig.suptitle(title or "one training image and its guide map under joint augmentation", fontsize=8.5)
+    fig.tight_layout()
+    return fig
+
+
+def distill_curves(histories: dict, title: str = "students"):
+    """:func:`training_curves` of the students. The training loss is each student's own
+    objective (cross-entropy plus its distillation terms), so its level is not comparable
+    across variants; the validation loss (plain cross-entropy) and AUC are."""
+    fig = training_curves(histories, title=title)
+    ax = fig.axes[0]
+    log = ax.get_yscale() == "log"
+    ax.set_ylabel("training loss\n(each student's own objective)" + (" (log)" if log else ""))
+    return fig
+
+
+def ablation_intervals(points: dict, reference: dict | None = None, title: str | None = None,
+                       cell: float = 1.9):
+    """Each model's value and 95 % interval, one panel per quantity: a dot on a bar per
+    model, models top to bottom in the order given. Overlapping bars: the data do not
+    tell the models apart.
+
+    ``points``: ``{model: {quantity: (value, lo, hi)}}`` (``pipeline.ablation_points``);
+    NaN parts are left out. ``reference``: ``{quantity: value}`` drawn as a dotted grey
+    line (e.g. chance: AUC 0.5, the lungs' share of the image for the in-lung share).
+    """
+    models = list(points)
+    labels = list(dict.fromkeys(q for m in points.values() for q in m))
+    colours = model_colours(models)
+    fig, axes = plt.subplots(1, max(1, len(labels)), figsize=(cell * max(1, len(labels)) + 1.3,
+                                                              0.32 * len(models) + 1.2),
+                             sharey=True, squeeze=False)
+    for ax, q in zip(axes[0], labels):
+        for i, m in enumerate(models):
+            v, lo, hi = (float(t) for t in points[m].get(q, (np.nan, np.nan, np.nan)))
+            if np.isfinite(lo) and np.isfinite(hi):
+                ax.plot([lo, hi], [i, i], color=colours[m], lw=2.2, solid_capstyle="butt", alpha=0.8)
+            if np.isfinite(v):
+                ax.plot([v], [i], "o", color=colours[m], ms=5, mec="black", mew=0.5)
+        if reference and q in reference and np.isfinite(reference[q]):
+            ax.axvline(float(reference[q]), color="grey", ls=":", lw=1)
+        ax.set_title(q, fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=7)
+    ax0 = axes[0, 0]
+    ax0.set_yticks(range(len(models)), models, fontsize=7.5)
+    ax0.set_ylim(len(models) - 0.5, -0.5)
+    fig.suptitle(title or "test split, data sets pooled: value and 95 % bootstrap interval "
+                 "(dotted: chance)", fontsize=8.5)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------ stage 5: results
+
+def _ci_err(rows: Sequence[dict], metric: str):
+    """Values and asymmetric error bars (2, n) of ``metric`` from evaluate-style rows."""
+    v = np.array([np.nan if r.get(metric) is None else r[metric] for r in rows], float)
+    lo = np.array([np.nan if r.get(f"{metric}_lo") is None else r[f"{metric}_lo"] for r in rows], float)
+    hi = np.array([np.nan if r.get(f"{metric}_hi") is None else r[f"{metric}_hi"] for r in rows], float)
+    err = np.vstack([np.where(np.isfinite(lo), v - lo, 0), np.where(np.isfinite(hi), hi - v, 0)])
+    return v, np.clip(err, 0, None)
+
+
+def paper_bars(test: dict, paper: dict, metric: str = "accuracy", datasets: Sequence[str] | None = None,
+               title: str | None = None):
+    """The kit's models against the paper: one group of bars per data set, one bar per
+    model with its 95 % interval, the paper's figure as a black bar across the group.
+
+    ``test``: ``{model: evaluate rows}``; ``paper``: ``{dataset: value}``.
+    """
+    models = list(test)
+    datasets = list(datasets or paper)
+    colours = model_colours(models)
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(2.2 + 0.5 * len(models) * len(datasets), 3.2))
+    for j, m in enumerate(models):
+        rows = [next((r for r in test[m] if r["dataset"] == ds), {}) for ds in datasets]
+        v, err = _ci_err(rows, metric)
+        x = np.arange(len(datasets)) - 0.4 + width * (j + 0.5)
+        ax.bar(x, v, width * 0.92, color=colours[m], label=m, yerr=err, capsize=2,
+               error_kw={"elinewidth": 0.9, "ecolor": "black"})
+    for i, ds in enumerate(datasets):
+        if ds in paper:
+            ax.plot([i - 0.45, i + 0.45], [paper[ds]] * 2, color="black", lw=2.4, zorder=4,
+                    label="the paper" if i == 0 else None)
+            ax.text(i - 0.45, paper[ds] + 0.015, f"paper {100 * paper[ds]:.1f} %", fontsize=7, va="bottom")
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_xlim(-0.5, len(datasets) - 0.5)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"test {metric}")
+    ax.axhline(0.5, color="grey", ls=":", lw=1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_title(title or f"test {metric} with 95 % bootstrap intervals; black bar: the paper's figure",
+                 fontsize=8.5)
+    fig.tight_layout()
+    return fig
+
+
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "*")
+
+
+def who_targets(who: dict, target: dict, dataset: str = "all", title: str | None = None):
+    """Sensitivity against specificity of each model at its WHO operating point (threshold
+    chosen on validation for 90 % sensitivity), with 95 % intervals as crosses; the
+    shaded corner is the target (sensitivity and specificity at least the WHO's)."""
+    models = list(who)
+    colours = model_colours(models)
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    ts, tp = target["specificity"], target["sensitivity"]
+    ax.fill_between([ts, 1.02], tp, 1.02, color="tab:green", alpha=0.15, lw=0,
+                    label=f"WHO target: sens ≥ {tp:.0%}, spec ≥ {ts:.0%}")
+    ax.axvline(ts, color="tab:green", lw=0.8, ls="--")
+    ax.axhline(tp, color="tab:green", lw=0.8, ls="--")
+    for k, m in enumerate(models):
+        r = next((r for r in who[m] if r["dataset"] == dataset), None)
+        if r is None or r.get("sensitivity") is None or r.get("specificity") is None:
+            continue
+        (sx,), sxe = _ci_err([r], "specificity")
+        (sy,), sye = _ci_err([r], "sensitivity")
+        ax.errorbar([sx], [sy], xerr=sxe, yerr=sye, fmt=MARKERS[k % len(MARKERS)], color=colours[m],
+                    ms=6 if k < 5 else 5, mec="black", mew=0.5, elinewidth=0.9, capsize=2, label=m,
+                    alpha=0.85)
+    ax.text(1.0, 0.99, "target", ha="right", va="top", fontsize=7, color="tab:green")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("specificity (normal images cleared)")
+    ax.set_ylabel("sensitivity (TB images found)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, loc="lower left")
+    ax.set_title(title or f"WHO triage operating point on the test split ({dataset})", fontsize=8.5)
+    fig.tight_layout()
+    return fig
+
+
+def cost_accuracy(cost: dict, test: dict, dataset: str = "all", metric: str = "accuracy",
+                  title: str | None = None):
+    """Test ``metric`` (with its 95 % interval) against CPU latency at batch 1 (log axis),
+    one point per model, its area growing with the parameter count. Up and to the left
+    is better: as good, for less."""
+    models = [m for m in test if m in cost]
+    colours = model_colours(list(test))
+    fig, ax = plt.subplots(figsize=(5.2, 3.5))
+    params = np.array([cost[m]["params"] for m in models], float)
+    sizes = 25 + 400 * np.sqrt(params / params.max()) if len(params) else []
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    order = sorted(range(len(models)), key=lambda i: cost[models[i]]["latency_ms_b1"])
+    points = []
+    for rank, i in enumerate(order):
+        m, s = models[i], sizes[i]
+        r = next((r for r in test[m] if r["dataset"] == dataset), None)
+        if r is None:
+            continue
+        (v,), err = _ci_err([r], metric)
+        x = cost[m]["latency_ms_b1"]
+        ax.errorbar([x], [v], yerr=err, fmt="none", ecolor=colours[m], elinewidth=0.9, capsize=2)
+        ax.scatter([x], [v], s=s, color=colours[m], edgecolors="black", linewidths=0.5, alpha=0.85, zorder=3)
+        points.append((m, x, v))
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{t:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    lat = [cost[m]["latency_ms_b1"] for m in models]
+    if lat:
+        nice = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+                if min(lat) / 1.5 <= t <= max(lat) * 1.5]
+        ax.set_xticks(nice)
+        ax.set_xlim(min(lat) / 1.5, max(lat) * 2.5)
+    _place_labels(fig, ax, [(f"{m}, {cost[m]['params'] / 1e6:.1f} M", x, v) for m, x, v in points])
+    ax.set_xlabel("CPU latency, one image (ms, log scale)")
+    ax.set_ylabel(f"test {metric} ({dataset})")
+    ax.set_ylim(min(0.4, ax.get_ylim()[0]), 1.05)
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(title or "what each model costs and what it gets right (area: parameters)", fontsize=8.5)
+    fig.tight_layout()
+    return fig
+
+
+def _place_labels(fig, ax, labels, offsets=((5, 6), (5, -13), (-5, 6), (-5, -13), (5, 16), (5, -23))):
+    """Annotate points ``(text, x, y)`` next to them, each at the first offset (points) whose
+    text overlaps no label placed before (the last candidate if all do)."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for text, x, y in labels:
+        for dx, dy in offsets:
+            a = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=6.5,
+                            ha="left" if dx >= 0 else "right")
+            box = a.get_window_extent(renderer).expanded(1.02, 1.1)
+            if not any(box.overlaps(b) for b in placed) or (dx, dy) == offsets[-1]:
+                placed.append(box)
+                break
+            a.remove()
+
+
+def cross_bars(cross: dict, metric: str = "accuracy", title: str | None = None):
+    """Trained on one data set: its own test split beside every image of the other set,
+    ``metric`` with 95 % intervals. The drop is the price of a new hospital's X-rays."""
+    runs = cross.get("runs", [])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.6 * max(1, len(runs)), 3.0))
+    for i, run in enumerate(runs):
+        for k, (kind, colour, label) in enumerate((("in_domain", "tab:blue", "same data set (its test split)"),
+                                                   ("cross", "tab:orange", "the other data set (all images)"))):
+            v, err = _ci_err([run[kind]], metric)
+            ax.bar([i - 0.2 + 0.4 * k], v, 0.38, color=colour, yerr=err, capsize=2, label=label if i == 0 else None,
+                   error_kw={"elinewidth": 0.9})
+    ax.set_xticks(range(len(runs)), [f"trained on {r['train']}\ntested on {r['train']} | {r['test']}" for r in runs],
+                  fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.axhline(0.5, color="grey", ls=":", lw=1)
+    ax.set_ylabel(f"{metric}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=6.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    fig.suptitle(title or f"cross-data-set {metric} (95 % intervals)", fontsize=8.5, y=1.06)
+    fig.tight_layout()
+    return fig
+
+
+def kfold_points(cv: dict, metric: str = "accuracy", datasets: Sequence[str] | None = None,
+                 title: str | None = None):
+    """Each fold's held-out ``metric`` as a dot, the mean ± sd as a bar, per model and data set."""
+    models = list(cv["models"])
+    first = cv["models"][models[0]]["folds"][0]["test"] if models else []
+    datasets = list(datasets or [r["dataset"] for r in first])
+    fig, axes = plt.subplots(1, len(datasets), figsize=(1.0 + 1.6 * len(datasets), 0.5 + 0.45 * len(models) + 1.0),
+                             sharey=True, squeeze=False)
+    colours = model_colours(models)
+    for ax, ds in zip(axes[0], datasets):
+        for i, m in enumerate(models):
+            vals = [next((r[metric] for r in f["test"] if r["dataset"] == ds), None) for f in cv["models"][m]["folds"]]
+            vals = np.array([np.nan if v is None else v for v in vals], float)
+            ax.plot(vals, np.full(len(vals), i), "o", color=colours[m], ms=4, alpha=0.7)
+            s = cv["models"][m]["summary"].get(ds, {}).get(metric, {})
+            if s.get("mean") is not None:
+                sd = s["sd"] or 0.0
+                ax.plot([s["mean"] - sd, s["mean"] + sd], [i, i], color="black", lw=1.2)
+                ax.plot([s["mean"]], [i], "|", color="black", ms=10, mew=1.5)
+        ax.set_title(ds, fontsize=8)
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel(metric, fontsize=7.5)
+    axes[0, 0].set_yticks(range(len(models)), models, fontsize=7.5)
+    axes[0, 0].set_ylim(len(models) - 0.5, -0.5)
+    fig.suptitle(title or f"{cv['k']}-fold cross-validation: each fold (dots), mean ± sd (black)", fontsize=8.5)
     fig.tight_layout()
     return fig

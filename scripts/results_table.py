@@ -1,0 +1,47 @@
+"""Print the README's results table, made from ``results/<profile>/results.json``.
+
+    .venv/bin/python scripts/results_table.py [--profile real] [--update-readme]
+
+With ``--update-readme`` the table replaces what stands between the markers
+``<!-- results:begin -->`` and ``<!-- results:end -->`` in README.md; without the markers
+the README is left alone (and the script says so). Nothing here is typed by hand: the
+numbers come from the JSON that notebook 05 writes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main(argv=None) -> int:
+    from tbkd_helpers import config, results
+    from tbkd_helpers.data import DataError
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="real", choices=tuple(config.PROFILES))
+    ap.add_argument("--results", type=Path, default=None, help="results.json (default: results/<profile>/results.json)")
+    ap.add_argument("--update-readme", action="store_true", help="write the table into README.md between the markers")
+    ap.add_argument("--readme", type=Path, default=REPO / "README.md")
+    args = ap.parse_args(argv)
+    try:
+        res = results.load(args.results or config.get_profile(args.profile))
+    except (DataError, ValueError) as err:
+        print(f"results_table: {err}", file=sys.stderr)
+        return 1
+    table = results.readme_table(res)
+    print(table, end="")
+    if args.update_readme:
+        if results.update_readme(args.readme, table):
+            print(f"results_table: updated {args.readme}", file=sys.stderr)
+        else:
+            print(f"results_table: {args.readme}: no {results.BEGIN} ... {results.END} markers; "
+                  "printed only", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

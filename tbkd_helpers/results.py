@@ -1,0 +1,620 @@
+"""Stage 5: the kit's results beside the paper's, written to ``results/<profile>/results.json``.
+
+Like ``pipeline`` (whose machinery it uses) this module sits on top of the others. What
+it measures, each a function the notebook calls in turn and :func:`collect` calls all
+at once:
+
+- :func:`test_metrics` — every teacher and student on the **test split**, per data set
+  and pooled, at the threshold chosen on validation (Youden), with bootstrap CIs;
+- :func:`who_operating_point` — the same models at the threshold that reaches 90 %
+  sensitivity **on validation**, against the WHO target product profile for a TB
+  triage test (sensitivity >= 90 % with specificity >= 70 %) on the test split;
+- :func:`costs` — parameters, FLOPs, weights size, CPU latency at batch 1 and 32;
+- :func:`kfold` — k-fold cross-validation (mean ± sd over the folds);
+- :func:`cross_dataset` — trained on one data set, tested on the other.
+
+The paper reports accuracy only (91.2 % Shenzhen, 85.7 % Montgomery: :data:`PAPER`).
+:func:`readme_table` turns ``results.json`` into the README's table (the script
+``scripts/results_table.py`` prints it or puts it into README.md).
+
+**What the k-fold and cross-data-set models are.** Both train the student's
+architecture with plain cross-entropy (the "ce" student of chapter 04), with the same
+recipe as chapter 04 (:func:`student_train_settings`). The distilled student needs
+teachers, and an honest distilled student per fold needs five teachers per fold that
+never saw that fold's held-out images (and, for the cross-data-set test, five teachers
+trained on one data set only): six times the training of the whole kit, per fold. The
+cheap honest choice is made instead: the folds measure how much the *architecture's*
+accuracy moves with the split, the cross-data-set runs how far it carries to another
+hospital's X-rays, and the distillation's own effect is measured on the fixed split
+(chapter 04's ablation, and :func:`test_metrics` here). In the ``full`` profile the
+teachers are cross-validated as well (:func:`default_cv_models`).
+The folds cover every image of the profile (each is held out exactly once); their
+models serve nothing else: no setting of the main pipeline is chosen on them.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import data as _data
+from . import metrics as _metrics
+from . import models as _models
+from . import pipeline as _pipe
+from . import store
+from .config import seed_everything
+
+SCHEMA = "tbkd-results/1"
+# The paper's figures (its abstract; the only numbers it publishes): test accuracy.
+PAPER = {"shenzhen": 0.912, "montgomery": 0.857}
+PAPER_SOURCE = "Ding et al. 2023 (ICIM, doi 10.1109/ICIM58774.2023.00019), abstract: accuracy"
+# WHO target product profile for a TB triage test (minimal targets).
+WHO_TPP = {"sensitivity": 0.90, "specificity": 0.70}
+WHO_RULE = "sens>=0.9"
+STUDENT_VARIANTS = ("kd+cam", "ce")
+THRESHOLD_FILE = "threshold.json"
+# Epochs of the k-fold and cross-data-set models when not given: the profile's student
+# epochs, fewer on quick so that chapter 05 adds well under a minute to the quick kit.
+CV_EPOCHS = {"quick": 3}
+
+
+def student_name(variant: str) -> str:
+    """The results' name of a student variant: ``"student (kd+cam)"``."""
+    return f"student ({variant})"
+
+
+def is_student(name: str) -> bool:
+    return name.startswith("student (")
+
+
+def _variant(name: str) -> str:
+    return re.match(r"^student \((.+)\)$", name).group(1)
+
+
+# --------------------------------------------------------------------------- the models
+
+def model_specs(profile, students: Sequence[str] = STUDENT_VARIANTS) -> dict[str, dict]:
+    """``{name: {"arch", "role", "dir"[, "variant"]}}`` for every teacher and student."""
+    out = {a: {"arch": a, "role": "teacher", "dir": _pipe.teacher_dir(profile, a)} for a in profile.teachers}
+    for v in students:
+        out[student_name(v)] = {"arch": profile.student, "role": "student", "variant": v,
+                                "dir": _pipe.student_dir(profile, v)}
+    return out
+
+
+def ensure_models(profile, prep: _data.Prepared, students: Sequence[str] = STUDENT_VARIANTS,
+                  progress: bool = False) -> dict[str, dict]:
+    """:func:`model_specs`, training (through the pipeline) whatever is not finished yet."""
+    specs = model_specs(profile, students)
+    for name, s in specs.items():
+        if (s["dir"] / "done.json").is_file() and (s["dir"] / "best.pt").is_file():
+            continue
+        if s["role"] == "teacher":
+            _pipe.train_teacher(profile, s["arch"], prep, progress=progress)
+        else:
+            _pipe.train_student(profile, s["variant"], prep, progress=progress)
+    return specs
+
+
+def all_predictions(profile, prep: _data.Prepared, specs: dict[str, dict]) -> dict[str, dict]:
+    """Each model's probabilities on the validation and test splits (cached beside it)."""
+    return {name: _pipe.predictions(profile, s["dir"], s["arch"], prep) for name, s in specs.items()}
+
+
+# --------------------------------------------------------------------------- thresholds
+
+def save_threshold(model_dir: str | Path, preds: dict, rule: str = "youden") -> dict:
+    """Choose a model's decision threshold on its **validation** predictions and save it
+    as ``<model_dir>/threshold.json`` (what ``tbkd predict`` applies)."""
+    model_dir = Path(model_dir)
+    val = preds["val"]
+    thr = _metrics.choose_threshold(np.array(val["labels"]), np.array(val["probs"]), rule=rule)
+    info = {"threshold": round(float(thr), 6), "rule": rule, "chosen_on": "validation split, data sets pooled",
+            "n_val": len(val["labels"]), "checkpoint_sha256": store.file_sha256(model_dir / "best.pt")}
+    store.write_json(model_dir / THRESHOLD_FILE, info)
+    return info
+
+
+def read_threshold(checkpoint: str | Path) -> dict | None:
+    """The saved decision threshold of a checkpoint, or None.
+
+    ``threshold.json`` beside the checkpoint if it was made for this very file; else
+    Youden's threshold from the validation predictions cached beside it
+    (``predictions.json``, same check); else None.
+    """
+    checkpoint = Path(checkpoint)
+    sha = store.file_sha256(checkpoint)
+    path = checkpoint.parent / THRESHOLD_FILE
+    if path.is_file():
+        try:
+            info = store.read_json(path)
+        except ValueError:
+            info = {}
+        if info.get("checkpoint_sha256") == sha and "threshold" in info:
+            return info
+    cached = checkpoint.parent / "predictions.json"
+    if cached.is_file():
+        try:
+            pred = store.read_json(cached)
+        except ValueError:
+            return None
+        if pred.get("key", {}).get("checkpoint_sha256") == sha and "val" in pred.get("parts", {}):
+            val = pred["parts"]["val"]
+            if len(set(val["labels"])) == 2:
+                thr = _metrics.choose_threshold(np.array(val["labels"]), np.array(val["probs"]))
+                return {"threshold": round(float(thr), 6), "rule": "youden",
+                        "chosen_on": "validation split, data sets pooled", "n_val": len(val["labels"]),
+                        "checkpoint_sha256": sha}
+    return None
+
+
+# --------------------------------------------------------------------------- test split, WHO
+
+def test_metrics(preds: dict[str, dict], n_boot: int = 1000, seed: int = 0,
+                 rule: str = "youden") -> dict[str, list[dict]]:
+    """``{model: pipeline.evaluate rows}``: test metrics with CIs per data set and pooled."""
+    return {name: _pipe.evaluate(p, rule=rule, n_boot=n_boot, seed=seed) for name, p in preds.items()}
+
+
+def who_operating_point(preds: dict[str, dict], n_boot: int = 1000, seed: int = 0,
+                        target: dict = WHO_TPP, rule: str = WHO_RULE) -> dict[str, list[dict]]:
+    """Each model at the threshold that reaches the target sensitivity **on validation**,
+    measured on the test split: rows of ``pipeline.evaluate`` plus ``meets`` (both point
+    estimates reach the targets) and ``meets_ci`` (both CIs' lower bounds do)."""
+    out = {}
+    for name, p in preds.items():
+        rows = _pipe.evaluate(p, rule=rule, n_boot=n_boot, seed=seed)
+        for r in rows:
+            r["meets"] = bool(_ge(r["sensitivity"], target["sensitivity"]) and _ge(r["specificity"], target["specificity"]))
+            r["meets_ci"] = bool(_ge(r["sensitivity_lo"], target["sensitivity"])
+                                 and _ge(r["specificity_lo"], target["specificity"]))
+        out[name] = rows
+    return out
+
+
+def _ge(v, target) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and v >= target - 1e-9
+
+
+# --------------------------------------------------------------------------- cost
+
+def costs(profile, specs: dict[str, dict], repeats: int = 10, repeats_b32: int = 2) -> dict[str, dict]:
+    """Per model: input size, parameters, FLOPs, weights (MB of float32 parameters), the
+    checkpoint file's size (MB) and the median CPU latency (ms) at batch 1 and 32."""
+    out = {}
+    for name, s in specs.items():
+        ckpt = s["dir"] / "best.pt"
+        model = _pipe.load_classifier(ckpt)
+        size = profile.size_for(s["arch"])
+        c = _pipe.cost(model, size, repeats=repeats)
+        b32 = _models.cpu_latency(model, size, batch=32, repeats=repeats_b32, warmup=1)
+        out[name] = {"size": size, **c, "latency_ms_b32": round(b32 * 1000, 2),
+                     "file_mb": round(ckpt.stat().st_size / 2**20, 2)}
+    return out
+
+
+def cost_table(cost: dict):
+    """:func:`costs` as a DataFrame with readable units (``pipeline.cost_table`` plus batch 32
+    and the checkpoint file)."""
+    table = _pipe.cost_table(cost)
+    table["checkpoint file (MB)"] = [cost[m]["file_mb"] for m in table.index]
+    table["CPU latency, batch 32 (ms)"] = [cost[m]["latency_ms_b32"] for m in table.index]
+    return table
+
+
+# --------------------------------------------------------------------------- k-fold, cross-data-set
+
+def student_train_settings(profile, epochs: int | None = None):
+    """Chapter 04's training recipe for a student (``pipeline.train_student``)."""
+    from .train import TrainSettings
+
+    e = epochs or profile.student_epochs
+    return TrainSettings(epochs=e, batch_size=profile.batch_size, lr=_pipe.DEFAULT_LR, seed=profile.seed,
+                         patience=max(3, e // 3))
+
+
+def cv_epochs(profile, epochs: int | None = None) -> int:
+    return int(epochs or CV_EPOCHS.get(profile.name) or profile.student_epochs)
+
+
+def default_cv_models(profile) -> tuple[str, ...]:
+    """What is cross-validated: the student (CE) always; every teacher too in ``full``."""
+    student = student_name("ce")
+    return (*profile.teachers, student) if profile.name == "full" else (student,)
+
+
+def _sub_prep(prep: _data.Prepared, path: Path, train, val, test, **about) -> _data.Prepared:
+    """``prep`` with another split (saved as ``path``, which the trained models' settings name)."""
+    split = _data.Split(train=sorted(train), val=sorted(val), test=sorted(test), seed=prep.split.seed,
+                        fractions=prep.split.fractions)
+    store.write_json(path, {"train": split.train, "val": split.val, "test": split.test, "seed": split.seed,
+                            "main_split_sha256": store.file_sha256(prep.split_path), **about})
+    return _data.Prepared(root=prep.root, records=prep.records, split=split, split_path=path)
+
+
+def _train_one(profile, sub: _data.Prepared, name: str, ckpt_dir: Path, epochs: int, progress: bool,
+               extra: dict):
+    """Train model ``name`` (a teacher's arch or ``student (ce)``) on ``sub``'s split."""
+    if is_student(name):
+        if _variant(name) != "ce":
+            raise ValueError(f"{name}: only the CE student is cross-validated (see the module doc)")
+        arch, settings = profile.student, student_train_settings(profile, epochs)
+        extra = {"variant": "ce", **extra}
+    else:
+        arch = name
+        settings = _pipe.teacher_settings(profile, arch)
+        settings.epochs = epochs if epochs else settings.epochs
+    model = _models.build_model(arch, pretrained=profile.pretrained, seed=profile.seed)
+    _pipe._fit(profile, sub, arch, ckpt_dir, settings, progress, model=model, extra=extra)
+    return arch
+
+
+def _mean_sd(values) -> dict:
+    v = np.array([x for x in values if x is not None], float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return {"mean": None, "sd": None, "n": 0}
+    return {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)), 4) if len(v) > 1 else None,
+            "n": int(len(v))}
+
+
+def kfold(profile, prep: _data.Prepared, models: Sequence[str] | None = None, k: int | None = None,
+          epochs: int | None = None, progress: bool = False) -> dict:
+    """Stratified k-fold cross-validation (``data.kfold_splits`` over every image).
+
+    For each fold: the held-out images are that fold's test part; the rest is split again
+    into train and validation in the main split's proportions (stratified, seeded); the
+    model is trained on the train part with the kit's recipe, its threshold chosen on the
+    validation part (Youden), and it is measured on the held-out images. Checkpoints:
+    ``artifacts/<profile>/kfold/<model>/fold<i>/``. Returns ``{"k", "epochs", "models":
+    {model: {"folds": [...], "summary": {dataset: {metric: {"mean", "sd", "n"}}}}}}``.
+    """
+    k = int(k or profile.kfold)
+    models = list(models or default_cv_models(profile))
+    epochs = cv_epochs(profile, epochs)
+    folds = _data.kfold_splits(prep.records, k=k, seed=profile.seed)
+    by_key = {r.key: r for r in prep.records}
+    tr, va, _ = profile.split_fractions
+    val_share = va / (tr + va)
+    root = Path(profile.artifacts) / "kfold"
+    out = {"k": k, "epochs": epochs, "seed": profile.seed, "models": {}}
+    for name in models:
+        runs = []
+        for i, (rest, held) in enumerate(folds, 1):
+            inner = _data.make_split([by_key[key] for key in rest], seed=profile.seed + i,
+                                     fractions=(1 - val_share, val_share, 0.0))
+            fold_dir = root / _slug(name) / f"fold{i}"
+            sub = _sub_prep(prep, fold_dir / "split.json", inner.train, inner.val, held, fold=i, k=k)
+            arch = _train_one(profile, sub, name, fold_dir, epochs if is_student(name) else None, progress,
+                              {"fold": i, "k": k})
+            preds = _pipe.predictions(profile, fold_dir, arch, sub)
+            rows = _pipe.evaluate(preds, rule="youden", n_boot=0, seed=profile.seed)
+            runs.append({"fold": i, "n_train": len(inner.train), "n_val": len(inner.val), "n_test": len(held),
+                         "threshold": rows[0]["threshold"],
+                         "test": [{k_: r[k_] for k_ in ("dataset", "n", "n_pos", *_metrics.METRICS)} for r in rows]})
+        datasets = [r["dataset"] for r in runs[0]["test"]]
+        summary = {ds: {m: _mean_sd([next(r[m] for r in run["test"] if r["dataset"] == ds) for run in runs])
+                        for m in _metrics.METRICS} for ds in datasets}
+        out["models"][name] = {"folds": runs, "summary": summary}
+    return out
+
+
+def cross_dataset(profile, prep: _data.Prepared, n_boot: int = 1000, epochs: int | None = None,
+                  progress: bool = False) -> dict:
+    """Train on one data set, test on the other (each way round).
+
+    The student's architecture (CE, chapter 04's recipe) learns on the source set's train
+    part, chooses its best epoch and threshold (Youden) on the source's validation part,
+    and is measured on the source's test part (in-domain, for comparison) and on
+    **every** image of the other set, none of which it saw. Checkpoints:
+    ``artifacts/<profile>/cross/<source>/``. Returns ``{"epochs", "runs": [{"train",
+    "test", "threshold", "in_domain": row, "cross": row}]}`` (rows as ``pipeline.evaluate``).
+    """
+    datasets = sorted({r.dataset for r in prep.records})
+    epochs = cv_epochs(profile, epochs)
+    out = {"epochs": epochs, "model": student_name("ce"), "runs": []}
+    if len(datasets) < 2:
+        return out
+    for src in datasets:
+        for dst in datasets:
+            if dst == src:
+                continue
+            train = [r.key for r in prep.part("train", src)]
+            val = [r.key for r in prep.part("val", src)]
+            test = [r.key for r in prep.part("test", src)] + [r.key for r in prep.records if r.dataset == dst]
+            d = Path(profile.artifacts) / "cross" / f"{src}_to_{dst}"
+            sub = _sub_prep(prep, d / "split.json", train, val, test, train_dataset=src, test_dataset=dst)
+            arch = _train_one(profile, sub, student_name("ce"), d, epochs, progress,
+                              {"cross": f"{src}->{dst}"})
+            preds = _pipe.predictions(profile, d, arch, sub)
+            rows = {r["dataset"]: r for r in _pipe.evaluate(preds, rule="youden", n_boot=n_boot, seed=profile.seed,
+                                                              datasets=[src, dst])}
+            out["runs"].append({"train": src, "test": dst, "n_train": len(train), "n_val": len(val),
+                                "threshold": rows[src]["threshold"], "in_domain": rows[src], "cross": rows[dst]})
+    return out
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9+_-]+", "_", name).strip("_")
+
+
+# --------------------------------------------------------------------------- the paper
+
+def verdict(value, lo, hi, paper: float) -> str:
+    """``"beats"`` (the CI lies above the paper's figure), ``"matches"`` (it contains it),
+    ``"misses"`` (it lies below); ``"n/a"`` without a value."""
+    if value is None:
+        return "n/a"
+    lo = value if lo is None else lo
+    hi = value if hi is None else hi
+    if lo > paper:
+        return "beats"
+    if hi < paper:
+        return "misses"
+    return "matches"
+
+
+def _row(rows: list[dict], dataset: str) -> dict | None:
+    return next((r for r in rows if r["dataset"] == dataset), None)
+
+
+def paper_comparison(test: dict[str, list[dict]], model: str = student_name("kd+cam")) -> list[dict]:
+    """Per data set of the paper: its accuracy, ``model``'s test accuracy with CI, the verdict,
+    and the best teacher's accuracy (by test accuracy on that set, for comparison only)."""
+    out = []
+    for ds, paper in PAPER.items():
+        r = _row(test.get(model, []), ds)
+        if r is None:
+            continue
+        teachers = {m: _row(rows, ds) for m, rows in test.items() if not is_student(m)}
+        teachers = {m: t for m, t in teachers.items() if t is not None and t["accuracy"] is not None}
+        best = max(teachers, key=lambda m: (teachers[m]["accuracy"], m)) if teachers else None
+        out.append({"dataset": ds, "paper": paper, "model": model, "accuracy": r["accuracy"],
+                    "accuracy_lo": r["accuracy_lo"], "accuracy_hi": r["accuracy_hi"], "n": r["n"],
+                    "verdict": verdict(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"], paper),
+                    "best_teacher": best,
+                    "best_teacher_accuracy": teachers[best]["accuracy"] if best else None,
+                    "best_teacher_accuracy_lo": teachers[best]["accuracy_lo"] if best else None,
+                    "best_teacher_accuracy_hi": teachers[best]["accuracy_hi"] if best else None})
+    return out
+
+
+def student_vs_teacher(test: dict[str, list[dict]], dataset: str = "shenzhen",
+                       model: str = student_name("kd+cam"), tolerance_pp: float = 1.0) -> dict | None:
+    """The student's test accuracy against the best teacher's (highest test accuracy) on one
+    data set: the gap in percentage points and whether it is within ``tolerance_pp``."""
+    r = _row(test.get(model, []), dataset)
+    teachers = {m: _row(rows, dataset) for m, rows in test.items() if not is_student(m)}
+    teachers = {m: t for m, t in teachers.items() if t is not None and t["accuracy"] is not None}
+    if r is None or not teachers:
+        return None
+    best = max(teachers, key=lambda m: (teachers[m]["accuracy"], m))
+    gap = round(100 * (teachers[best]["accuracy"] - r["accuracy"]), 2)
+    return {"dataset": dataset, "student": model, "student_accuracy": r["accuracy"], "teacher": best,
+            "teacher_accuracy": teachers[best]["accuracy"], "gap_pp": gap, "tolerance_pp": tolerance_pp,
+            "within": bool(gap <= tolerance_pp)}
+
+
+# --------------------------------------------------------------------------- all of it
+
+def assemble(profile, specs: dict[str, dict], preds: dict[str, dict], test: dict, who: dict, cost: dict,
+             cv: dict | None, cross: dict | None, n_boot: int, thresholds: dict | None = None) -> dict:
+    """The ``results.json`` document (see :func:`collect`)."""
+    models = {}
+    for name, s in specs.items():
+        ckpt = s["dir"] / "best.pt"
+        models[name] = {"role": s["role"], "arch": s["arch"], "input_size": profile.size_for(s["arch"]),
+                        "checkpoint": _rel(ckpt, profile), "checkpoint_sha256": store.file_sha256(ckpt),
+                        **({"variant": s["variant"]} if "variant" in s else {}),
+                        "val_auc": _metrics.summarize(preds[name]["val"]["labels"], preds[name]["val"]["probs"],
+                                                      n_boot=0)["auc"],
+                        "threshold": (thresholds or {}).get(name, {}).get("threshold")}
+    return {
+        "schema": SCHEMA, "profile": profile.name, "data": profile.data, "seed": profile.seed,
+        "paper": {"accuracy": dict(PAPER), "source": PAPER_SOURCE},
+        "settings": {"n_boot": n_boot, "ci_level": 0.95, "threshold_rule": "youden",
+                     "threshold_chosen_on": "validation split, data sets pooled",
+                     "image_size": profile.image_size, "inception_size": profile.inception_size,
+                     "student": profile.student, "pretrained": profile.pretrained,
+                     "split_sha256": store.file_sha256(Path(profile.artifacts) / "splits.json")},
+        "model_order": list(specs),  # the JSON file's keys are sorted; this is the reading order
+        "models": models,
+        "test": test,
+        "who": {"target": dict(WHO_TPP), "rule": WHO_RULE, "models": who},
+        "cost": cost,
+        "kfold": cv,
+        "cross": cross,
+        "paper_comparison": paper_comparison(test),
+        "student_vs_teacher": student_vs_teacher(test),
+    }
+
+
+def _rel(path: Path, profile) -> str:
+    try:
+        return str(Path(path).relative_to(Path(profile.artifacts)))
+    except ValueError:
+        return str(path)
+
+
+def collect(profile, prep: _data.Prepared | None = None, students: Sequence[str] = STUDENT_VARIANTS,
+            cv_models: Sequence[str] | None = None, n_boot: int = 1000, latency_repeats: int = 10,
+            fold_epochs: int | None = None, progress: bool = False) -> dict:
+    """Everything chapter 05 reports, as one JSON-ready dict (models missing from the
+    artifacts are trained first). Also saves each model's decision threshold beside its
+    checkpoint (:func:`save_threshold`). ``cv_models=()`` skips the k-fold."""
+    prep = prep or _data.prepare(profile, progress=progress)
+    seed_everything(profile.seed)
+    specs = ensure_models(profile, prep, students, progress)
+    preds = all_predictions(profile, prep, specs)
+    thresholds = {name: save_threshold(specs[name]["dir"], p) for name, p in preds.items()}
+    test = test_metrics(preds, n_boot, profile.seed)
+    who = who_operating_point(preds, n_boot, profile.seed)
+    cost = costs(profile, specs, repeats=latency_repeats)
+    cv = kfold(profile, prep, cv_models, epochs=fold_epochs, progress=progress) if cv_models != () else None
+    cross = cross_dataset(profile, prep, n_boot, epochs=fold_epochs, progress=progress)
+    return assemble(profile, specs, preds, test, who, cost, cv, cross, n_boot, thresholds)
+
+
+def results_path(profile) -> Path:
+    return Path(profile.results) / "results.json"
+
+
+def write(results: dict, profile) -> Path:
+    """``results/<profile>/results.json`` (atomically)."""
+    return store.write_json(results_path(profile), results)
+
+
+def load(profile_or_path) -> dict:
+    """A written ``results.json`` (a profile, or the file's path)."""
+    path = results_path(profile_or_path) if hasattr(profile_or_path, "results") else Path(profile_or_path)
+    if not path.is_file():
+        raise _data.DataError(f"{path}: no results here (run notebook 05 first)")
+    res = store.read_json(path)
+    if res.get("schema") != SCHEMA:
+        raise _data.DataError(f"{path}: not a tbkd results file (schema {res.get('schema')!r})")
+    return res
+
+
+# --------------------------------------------------------------------------- tables
+
+def _pct(v, digits: int = 1) -> str:
+    return "n/a" if v is None else f"{100 * v:.{digits}f} %"
+
+
+def _pct_ci(v, lo, hi) -> str:
+    if v is None:
+        return "n/a"
+    if lo is None or hi is None:
+        return _pct(v)
+    return f"{100 * v:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def comparison_table(results: dict):
+    """The paper against the kit, one row per data set (a DataFrame of strings)."""
+    import pandas as pd
+
+    rows = []
+    cv = (results.get("kfold") or {}).get("models", {}).get(student_name("ce"))
+    cross = {r["test"]: r for r in (results.get("cross") or {}).get("runs", [])}
+    for c in results["paper_comparison"]:
+        ds = c["dataset"]
+        row = {"data set": ds, "paper": _pct(c["paper"]),
+               f"{c['model']}, test split": _pct_ci(c["accuracy"], c["accuracy_lo"], c["accuracy_hi"]),
+               "verdict": c["verdict"],
+               "best teacher, test split": (f"{c['best_teacher']} " + _pct_ci(c["best_teacher_accuracy"],
+                                            c["best_teacher_accuracy_lo"], c["best_teacher_accuracy_hi"])
+                                            if c["best_teacher"] else "n/a")}
+        if cv is not None:
+            s = cv["summary"].get(ds, {}).get("accuracy", {})
+            row[f"{student_name('ce')}, {results['kfold']['k']}-fold CV"] = (
+                "n/a" if s.get("mean") is None else
+                f"{100 * s['mean']:.1f} ± {100 * (s['sd'] or 0):.1f} %")
+        if ds in cross:
+            r = cross[ds]["cross"]
+            row["trained on the other set"] = _pct_ci(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("data set")
+
+
+def readme_table(results: dict) -> str:
+    """The README's results block (markdown), made from ``results.json`` alone."""
+    t = comparison_table(results)
+    head = ["data set", *t.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for ds, row in t.iterrows():
+        lines.append("| " + " | ".join([str(ds).capitalize(), *map(str, row.values)]) + " |")
+    prof = results["profile"]
+    notes = [f"Accuracy of the `{prof}` profile ({results['data']} data), from `results/{prof}/results.json` "
+             "(written by `notebooks/05_results.ipynb`; this table by `scripts/results_table.py`). "
+             f"Brackets: {round(100 * results['settings']['ci_level'])} % bootstrap CI "
+             f"({results['settings']['n_boot']} resamples); threshold chosen on the validation split. "
+             "Verdict: *beats* — the CI lies above the paper's figure; *matches* — it contains it; "
+             "*misses* — it lies below."]
+    sv = results.get("student_vs_teacher")
+    if sv:
+        notes.append(f"Student against the best teacher on {sv['dataset'].capitalize()}: "
+                     f"{_pct(sv['student_accuracy'])} vs {_pct(sv['teacher_accuracy'])} ({sv['teacher']}), "
+                     f"a gap of {sv['gap_pp']:+.1f} points (target: within {sv['tolerance_pp']:g}; "
+                     + ("met)." if sv["within"] else
+                        f"missed by {sv['gap_pp'] - sv['tolerance_pp']:.1f} points)."))
+    cost = results.get("cost", {})
+    s_name = student_name("kd+cam")
+    if s_name in cost and "densenet121" in cost:
+        s, d = cost[s_name], cost["densenet121"]
+        notes.append(f"Cost at {s['size']} px: the student has {s['params'] / 1e6:.2f} M parameters "
+                     f"({d['params'] / s['params']:.0f}× fewer than DenseNet121) and runs "
+                     f"{d['latency_ms_b1'] / s['latency_ms_b1']:.0f}× faster on one CPU image.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def update_readme(readme: str | Path, table: str) -> bool:
+    """Replace the text between the results markers of ``readme`` with ``table``.
+    Returns False (and changes nothing) when the markers are absent."""
+    readme = Path(readme)
+    text = readme.read_text()
+    i, j = text.find(BEGIN), text.find(END)
+    if i < 0 or j < i:
+        return False
+    new = text[:i + len(BEGIN)] + "\n" + table.rstrip("\n") + "\n" + text[j:]
+    if new != text:
+        with store.atomic_path(readme) as tmp:
+            tmp.write_text(new)
+    return True
+
+
+def who_table(who: dict[str, list[dict]], datasets: Sequence[str] | None = None):
+    """The WHO operating points as a DataFrame: threshold, sensitivity and specificity with
+    CIs, and whether the targets are met."""
+    import pandas as pd
+
+    recs = []
+    for m, rows in who.items():
+        for r in rows:
+            if datasets and r["dataset"] not in datasets:
+                continue
+            recs.append({"model": m, "dataset": r["dataset"], "threshold": f"{r['threshold']:.3f}",
+                         "sensitivity": _pipe.format_ci(r["sensitivity"], r["sensitivity_lo"], r["sensitivity_hi"]),
+                         "specificity": _pipe.format_ci(r["specificity"], r["specificity_lo"], r["specificity_hi"]),
+                         "meets WHO": "yes" if r["meets"] else "no",
+                         "CI above targets": "yes" if r["meets_ci"] else "no"})
+    return pd.DataFrame(recs).set_index(["model", "dataset"])
+
+
+def kfold_table(cv: dict, metrics: Sequence[str] = ("accuracy", "auc", "sensitivity", "specificity")):
+    """Mean ± sd over the folds, per model and data set (a DataFrame of strings)."""
+    import pandas as pd
+
+    recs = []
+    for m, res in cv["models"].items():
+        for ds, s in res["summary"].items():
+            recs.append({"model": m, "dataset": ds, **{
+                _pipe.METRIC_LABELS.get(k, k): ("n/a" if s[k]["mean"] is None else
+                                                f"{s[k]['mean']:.2f} ± {s[k]['sd'] or 0:.2f}") for k in metrics}})
+    return pd.DataFrame(recs).set_index(["model", "dataset"])
+
+
+def cross_table(cross: dict, metrics: Sequence[str] = ("accuracy", "auc", "sensitivity", "specificity")):
+    """In-domain against cross-data-set test metrics (a DataFrame of strings)."""
+    import pandas as pd
+
+    recs = []
+    for run in cross["runs"]:
+        for kind, label in (("in_domain", f"{run['train']} test split"), ("cross", f"all of {run['test']}")):
+            r = run[kind]
+            recs.append({"trained on": run["train"], "tested on": label, "n (TB)": f"{r['n']} ({r['n_pos']})",
+                         **{_pipe.METRIC_LABELS.get(k, k): _pipe.format_ci(r[k], r[f"{k}_lo"], r[f"{k}_hi"])
+                            for k in metrics}})
+    return pd.DataFrame(recs).set_index(["trained on", "tested on"])
+
+
+__all__ = ["PAPER", "WHO_TPP", "WHO_RULE", "STUDENT_VARIANTS", "student_name", "model_specs", "ensure_models",
+           "all_predictions", "save_threshold", "read_threshold", "test_metrics", "who_operating_point", "costs",
+           "cost_table", "student_train_settings", "default_cv_models", "kfold", "cross_dataset", "verdict",
+           "paper_comparison", "student_vs_teacher", "assemble", "collect", "write", "load", "readme_table",
+           "update_readme", "comparison_table", "who_table", "kfold_table", "cross_table"]

@@ -1,0 +1,569 @@
+"""Builder of notebooks/04_distillation.ipynb: Grad-CAM knowledge distillation and its ablation."""
+from nbbuild import build, code, md, parameters
+
+cells = [
+    md("""
+    # 04 · Distillation: a small student learns what the teachers know and where they look
+
+    The paper's last step turns the five teachers of chapter 02 and their Grad-CAM maps of
+    chapter 03 into one **lightweight, interpretable** TB detector. The student here is
+    **MobileNet V3 Small**: 1.5 million parameters with its two-class head, a third of MobileNet V3
+    Large's and under a ninetieth of VGG16's (the table near the end); any model of the kit's
+    registry can take its place.
+
+    A teacher can pass on three things, and the student's loss has one term for each:
+
+    1. **the label** (TB or normal): what any classifier learns from;
+    2. **its soft prediction**: *how sure* it is about every image (knowledge distillation,
+       Hinton et al. 2015);
+    3. **where it looks**: its Grad-CAM map of the TB class (attention distillation, after
+       Zagoruyko & Komodakis 2017) — the paper's idea.
+
+    This chapter
+
+    1. writes the loss down, term by term, and explains the temperature and the $T^2$,
+    2. chooses the guiding teacher **on the validation split**,
+    3. shows the two pieces of machinery the map term needs: a Grad-CAM that can be
+       differentiated (and why MobileNet's hard activations had to be replaced), and an
+       augmentation that moves the image and its guide map together,
+    4. trains **four students with the same seed and data** — labels only, + soft predictions,
+       + maps, + both — and compares them in an **ablation table** with confidence intervals,
+       including where the students look,
+    5. tries the other map losses and a fused guide, shows the students' maps next to the
+       teacher's, and adds the student to the CAM explorer.
+
+    The code lives in `tbkd_helpers` (`distill.py` for the loss and the data, `cam.py` for the
+    differentiable Grad-CAM, `pipeline.py` for training and scoring; figures in `viz.py`).
+    """),
+    parameters("""
+    PROFILE = "quick"       # quick | real | full
+    DATA_DIR = None         # None: phantoms (quick) or $TBKD_DATA_DIR (real/full)
+    SEED = 0                # every random choice derives from it
+    GUIDE = "best"          # whose maps guide: "best" (best teacher on validation), "fusion", or a teacher's name
+    CAM_LOSS = "mse"        # the map term D: "mse", "l1" or "at" (attention transfer)
+    N_BOOT = 1000           # bootstrap resamples behind each 95 % confidence interval
+    RULE = "youden"         # threshold rule, applied on the validation split
+    OPTIONS = [("cam", "best", "l1"), ("cam", "best", "at"), ("cam", "fusion", "mse")]  # extra students
+    PROGRESS = True         # progress bars while training
+    """),
+    code("""
+    import numpy as np
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+
+    import tbkd_helpers as tk
+
+    profile = tk.config.get_profile(PROFILE, data_dir=DATA_DIR, seed=SEED)
+    tk.config.seed_everything(profile.seed)
+    prep = tk.data.prepare(profile, progress=False)
+    print(f"profile {profile.name!r}: student {profile.student}, {profile.image_size} px, "
+          f"{profile.student_epochs} epochs, batch {profile.batch_size}")
+    print(f"loss weights: alpha = {profile.kd_alpha:g} (soft predictions, T = {profile.kd_temperature:g}), "
+          f"beta = {profile.cam_beta:g} (maps, {CAM_LOSS!r}); guide: {GUIDE!r}")
+    """, check=True),
+    md(r"""
+    ## The loss, term by term
+
+    For a training image $x$ with label $y$, the student's logits $z_s$ and its Grad-CAM map of the
+    TB class $M_s(x)$, the guide's cached logits $z_t$ and map $M_g(x)$:
+
+    $$
+    \mathcal{L} \;=\; \underbrace{\mathrm{CE}\big(z_s,\,y\big)}_{\text{the label}}
+    \;+\;\alpha\,T^2\,\underbrace{\mathrm{KL}\Big(\mathrm{softmax}\big(z_t/T\big)\;\Big\|\;
+    \mathrm{softmax}\big(z_s/T\big)\Big)}_{\text{the teacher's soft prediction}}
+    \;+\;\beta\,\underbrace{D\big(M_s(x),\,M_g(x)\big)}_{\text{where the teacher looks}}
+    $$
+
+    **The label.** Cross-entropy, class-weighted as for the teachers (chapter 02).
+
+    **Soft predictions (Hinton et al. 2015).** A label says "TB"; a teacher says "TB, 70 % sure" —
+    an ambiguous image and an obvious one get different targets, which tells the student more per
+    image than the label alone (Hinton called it *dark knowledge*). Dividing the logits by a
+    **temperature** $T > 1$ before the softmax makes the distribution softer: a confident teacher's
+    0.98 becomes about 0.73 at $T = 4$, so the student also learns from images the teacher finds
+    easy. The KL divergence runs from the teacher's distribution to the student's, as in Hinton's
+    paper. **Why $T^2$:** the gradient of the soft term with respect to a student logit is
+    $\frac{1}{T}\big(p_s^{T} - p_t^{T}\big)$, and for large $T$ it is about
+    $\frac{z_s - z_t}{N T^2}$ ($N$ classes): it shrinks like $1/T^2$. Multiplying by $T^2$ keeps the
+    soft term's pull against the label term about the same whatever $T$ is, so $\alpha$ alone sets
+    the balance.
+
+    **Where the teacher looks.** $D$ compares the two maps after scaling each to unit length,
+    $\hat M = M / \lVert M \rVert_2$, so only the *shape* of the attention counts, not its scale:
+
+    $$
+    D_{\mathrm{mse}} = \sum_{ij}\big(\hat M_s - \hat M_g\big)_{ij}^2 = 2 - 2\cos(M_s, M_g),\qquad
+    D_{\mathrm{l1}} = \sum_{ij}\big|\hat M_s - \hat M_g\big|_{ij},\qquad
+    D_{\mathrm{at}} = \big\lVert \hat M_s - \hat M_g \big\rVert_2 .
+    $$
+
+    $D_{\mathrm{mse}}$ lies in $[0, 2]$ whatever the map size (the default, with $\beta = 1$ it
+    weighs about as much as the cross-entropy at the start). $D_{\mathrm{at}}$ is the distance of
+    *attention transfer* (Zagoruyko & Komodakis 2017, eq. 2): the same difference, not squared, so
+    its pull does not fade as the student gets close. (Their attention maps are built from a layer's
+    activations, $\sum_c |A_c|^2$, with no gradient; here the same distance is applied to Grad-CAM
+    maps, the maps the paper distils.)
+
+    **Why should a student look where the teacher looks?** Zagoruyko & Komodakis found that students
+    made to reproduce a teacher's spatial attention learn better than from labels alone: the map is
+    an extra target *per pixel*, saying where the evidence is. With a few hundred X-rays a small
+    network can score well for the wrong reasons — a marker, a border, a hospital's exposure
+    settings; the lung extraction of chapter 01 removes what lies outside the lungs, and the map
+    points *within* them. It also serves the paper's second aim, interpretability: a student whose
+    maps resemble a checked teacher's is easier to trust. The flip side: the student copies the
+    teacher's mistakes as faithfully as its insights — which is why the guide is chosen with care.
+
+    Which terms are on is the **variant**: `ce` (labels only), `kd` (+ soft predictions), `cam`
+    (+ maps), `kd+cam` (both):
+    """),
+    code("""
+    for variant in tk.distill.VARIANTS:
+        s = tk.pipeline.distill_settings(profile, variant, CAM_LOSS)
+        print(f"{variant:>7}: alpha = {s.alpha:g}, beta = {s.beta:g}, T = {s.temperature:g}, D = {s.cam_loss}")
+    """, check=True),
+    md("""
+    ## Which teacher guides
+
+    The teachers of chapter 02 are needed (they are loaded, or trained now if chapter 02 has not run
+    on this profile). The guide is chosen by each teacher's **AUC on the validation split** — never
+    on test, which would tune the student to the images it is measured on.
+
+    - `"best"`: the teacher with the highest validation AUC guides alone;
+    - `"fusion"`: every teacher's map and logits, averaged with weights $\\max(\\mathrm{AUC} - 0.5, 0)$
+      normalised to sum to 1 — a teacher at chance level has no say.
+    """),
+    code("""
+    for arch in profile.teachers:
+        tk.pipeline.train_teacher(profile, arch, prep, progress=PROGRESS)
+    val_auc = tk.pipeline.teacher_val_auc(profile, prep)
+    weights = {mode: tk.distill.teacher_weights(val_auc, mode) for mode in ("best", "fusion")}
+    """),
+    code("""
+    print(f"{'teacher':>18}  val AUC  weight 'best'  weight 'fusion'")
+    for arch in profile.teachers:
+        print(f"{arch:>18}  {val_auc[arch]:7.3f}  {weights['best'][arch]:13.2f}  {weights['fusion'][arch]:15.2f}")
+    """, check=True),
+    md("""
+    On the `quick` profile the validation split holds only a couple of dozen images, so the ranking
+    of teachers with close AUCs is itself uncertain — another seed could crown another teacher. The
+    fused guide hedges that bet.
+
+    ## The guide comes from the cache
+
+    Chapter 03 stored every teacher's Grad-CAM map (TB class) and logits for every training image.
+    The student reads them from there: **no teacher runs while the student trains**, so a student
+    costs no more than its own forward and backward passes. The guide for the training images:
+    """),
+    code("""
+    guide_train = tk.pipeline.guide_for_part(profile, prep, GUIDE, "train", progress=PROGRESS)
+    guide_name = guide_train.source
+    """),
+    code("""
+    print(f"guide: {guide_name}; {len(guide_train)} training images, maps of {guide_train.cams.shape[1]}x"
+          f"{guide_train.cams.shape[2]} px in [0, 1], logits of shape {guide_train.logits.shape}")
+    """, check=True),
+    code("""
+    if GUIDE == "best":
+        assert guide_name == max(profile.teachers, key=lambda a: val_auc[a]), "the guide is not the best on validation"
+    train_keys = [r.key for r in tk.pipeline.classifier_records(profile, prep, "train")]
+    assert guide_train.ids == train_keys, "the guide's rows are not the training images"
+    assert not set(train_keys) & {r.key for r in tk.pipeline.classifier_records(profile, prep, "test")}
+    print("guide chosen on validation; one guide row per training image, in order; no test image among them")
+    """, check=True),
+    md("""
+    What the soft targets look like: the guide's probability of TB for a few training images at
+    $T = 1$ (its ordinary prediction) and at the training temperature. The temperature pulls every
+    probability toward 0.5 without changing which side it is on.
+    """),
+    code("""
+    train_records = tk.pipeline.classifier_records(profile, prep, "train")
+    T = profile.kd_temperature
+    z = torch.from_numpy(guide_train.logits).double()
+    p1, pT = torch.softmax(z, 1)[:, 1], torch.softmax(z / T, 1)[:, 1]
+    for i in range(6):
+        r = train_records[i]
+        print(f"{r.key.split('/')[-1]:>18} ({'TB' if r.label else 'normal':>6}): P(TB) {p1[i]:.2f} at T = 1, "
+              f"{pT[i]:.2f} at T = {T:g}")
+    """),
+    md(r"""
+    Look how close to 0.5 the targets come at $T = 4$. With many classes, softening reveals which
+    *wrong* classes the teacher finds plausible (a "3" that looks a bit like an "8"); with two
+    classes there is only one number to soften, and a teacher that is not very confident to begin
+    with leaves the student a target of "slightly more TB than not". The temperature is a setting
+    (`kd_temperature`); with two classes, $T = 1$ or $2$ is worth trying.
+
+    ## A Grad-CAM you can differentiate
+
+    Grad-CAM (chapter 03) weighs each channel $A^k$ of a layer by the average gradient of the TB
+    score with respect to it, and keeps the positive part of the weighted sum:
+
+    $$
+    w_k = \frac{1}{hw}\sum_{i,j}\frac{\partial z^{\mathrm{TB}}}{\partial A^k_{ij}},\qquad
+    M = \mathrm{ReLU}\Big(\sum_k w_k A^k\Big).
+    $$
+
+    To *train* on $M$, the optimiser needs $\partial \mathcal{L}/\partial\theta$ for every weight
+    $\theta$. But $M$ depends on the weights twice: through the activations $A^k$ and through the
+    channel weights $w_k$ — which are themselves gradients. The loss's gradient therefore contains
+    **gradients of gradients** (second-order derivatives). PyTorch computes them when the first
+    gradient is taken with `torch.autograd.grad(score, A, create_graph=True)`: the backward pass is
+    then recorded as a graph of its own, which the loss's backward pass goes through.
+    `pytorch-grad-cam` (used for viewing) detaches its maps into NumPy, so the kit has its own
+    batched version, `tk.cam.differentiable_gradcam`, whose maps agree with the library's to about
+    1e-6 (`tests/test_cam.py`). It returns the logits of the same forward pass, so the map term costs one
+    extra backward pass, not a second forward pass.
+
+    **Why MobileNet's activations had to be swapped.** MobileNet V3 uses *hard* activations,
+    cheap piecewise approximations: hard-swish $x\cdot\mathrm{ReLU6}(x+3)/6$ in its blocks and
+    hard-sigmoid $\mathrm{ReLU6}(x+3)/6$ inside every squeeze-and-excitation gate. PyTorch computes
+    them with fused kernels, and a fused kernel has only the derivatives someone wrote for it. The
+    kit replaces them (in every MobileNet it builds) with `Hardswish2` and `Hardsigmoid2`: the same
+    functions written with `relu6`, whose derivatives PyTorch can differentiate again. With the
+    PyTorch installed here:
+    """),
+    code("""
+    x = torch.linspace(-4, 4, 81, requires_grad=True)
+    for act in (torch.nn.Hardsigmoid(), tk.models.Hardsigmoid2(), torch.nn.Hardswish(), tk.models.Hardswish2()):
+        (g,) = torch.autograd.grad(act(x).sum(), x, create_graph=True)
+        try:
+            torch.autograd.grad(g.sum(), x)
+            verdict = "has a second derivative"
+        except RuntimeError as err:
+            verdict = f"RuntimeError: {str(err).splitlines()[0]}"
+        print(f"{type(act).__name__:>12}: {verdict}")
+    same = (torch.equal(torch.nn.Hardsigmoid()(x), tk.models.Hardsigmoid2()(x))
+            and torch.equal(torch.nn.Hardswish()(x), tk.models.Hardswish2()(x)))
+    print(f"the replacements compute exactly the same values: {same}")
+    """, check=True),
+    md("""
+    The fused hard-sigmoid has no second derivative, so without the swap the map term would fail on
+    the first batch (older PyTorch versions lacked hard-swish's too; the kit swaps both). The swap
+    changes no value, so a checkpoint trained either way loads into the other.
+
+    Now the map term on a real batch, with a freshly initialised student. The student's map comes
+    from its last block at stride 16 (`profile.cam_stride`), so a 64-px image (the `quick` size)
+    gives a 4×4 grid; the guide's 16-px map is shrunk to it by averaging. The cell splits the map
+    term's gradient at the student's **first** convolution into the part that flows through the
+    activations $A^k$ and the part that flows through the channel weights $w_k$ — the part that
+    exists only with `create_graph=True`.
+    """),
+    code("""
+    base = tk.pipeline.classifier_dataset(profile, prep, profile.student, "train")
+    batch = next(iter(torch.utils.data.DataLoader(tk.distill.DistillDataset(base, guide_train), batch_size=16)))
+    x, y, g_maps, g_logits = batch
+    torch.manual_seed(profile.seed)
+    fresh = tk.models.build_model(profile.student, seed=profile.seed).train()
+    layer = tk.models.target_layer(fresh, profile.student, stride=profile.cam_stride)
+    first_conv = next(p for p in fresh.parameters() if p.ndim == 4)
+    grads = {}
+    for create_graph in (True, False):
+        maps, logits = tk.cam.differentiable_gradcam(fresh, layer, x, create_graph=create_graph)
+        term = tk.distill.cam_term(maps, g_maps, CAM_LOSS)
+        (grads[create_graph],) = torch.autograd.grad(term, first_conv)
+    print(f"student maps {tuple(maps.shape)}, guide maps {tuple(g_maps.shape)}, logits {tuple(logits.shape)}")
+    print(f"the three terms before training: CE {F.cross_entropy(logits, y):.3f}, "
+          f"T^2 KL {tk.distill.kd_loss(logits, g_logits, profile.kd_temperature):.3f}, D {term:.3f}")
+    print(f"gradient of D at the first convolution: norm {grads[True].norm():.2e}; through the activations "
+          f"alone {grads[False].norm():.2e}, through the channel weights {(grads[True] - grads[False]).norm():.2e}")
+    """),
+    code("""
+    assert grads[True].abs().sum() > 0, "the map term does not reach the first layer"
+    assert not torch.allclose(grads[True], grads[False]), "the second-order part is missing"
+    print("the map term's gradient reaches the first convolution, and part of it is second-order")
+    """, check=True),
+    md("""
+    ## Augmenting the image and its map together
+
+    The students train on augmented images, like the teachers: every epoch each X-ray is rotated by
+    a few degrees, shifted, zoomed, made brighter or darker. A geometric change moves the lungs —
+    and the guide map was computed on the *unmoved* image. If only the image moved, the student
+    would be taught to look a few pixels beside the lesion. So `DistillDataset` stacks the map
+    (enlarged to the image's size) as a second channel, applies **one** random rotation, shift and
+    zoom to both, then changes brightness and contrast of the image alone, and shrinks the map back.
+    Below, the training TB image the guide is surest of, and four augmented copies: the map stays on
+    the same spot of the lungs in every column.
+    """),
+    code("""
+    torch.manual_seed(profile.seed)
+    augmented = tk.distill.DistillDataset(base, guide_train, augment=True)
+    margin = guide_train.logits[:, 1] - guide_train.logits[:, 0]
+    i = int(np.argmax(np.where(base.labels.numpy() == 1, margin, -np.inf)))  # the TB image the guide is surest of
+    samples = [("original", base.images[i, 0], guide_train.cams[i])]
+    for k in range(1, 5):
+        xa, _, ma, _ = augmented[i]
+        samples.append((f"augmented {k}", xa[0], ma))
+    fig = tk.viz.joint_augmentation(samples, title=f"{base.records[i].key}: image and {guide_name}'s map, "
+                                    "transformed together")
+    tk.viz.save_figure(fig, profile, "04_joint_augmentation");
+    """),
+    md("""
+    ## Four students, one difference
+
+    The ablation trains the four variants with **the same seed** (so the same initial weights),
+    **the same data** (the same lung-extracted training images, shuffled and augmented from the same
+    seed), the same optimiser, schedule, epoch budget and early stopping on validation AUC as the
+    teachers, and BatchNorm recalibration before every validation (MobileNet's trap of chapter 02).
+    Only the loss differs. Each student goes to
+    `artifacts/<profile>/students/<variant>-<guide>/` and is loaded, not retrained, on a second run.
+    """),
+    code("""
+    students, histories = {}, {}
+    for variant in tk.distill.VARIANTS:
+        students[variant], histories[variant], _ = tk.pipeline.train_student(profile, variant, prep, guide=GUIDE,
+                                                                             cam_loss=CAM_LOSS, progress=PROGRESS)
+    for variant, h in histories.items():
+        print(f"{variant:>7}: kept epoch {h.best_epoch} of {len(h)}, {sum(h.seconds):.0f} s of training")
+    """),
+    code("""
+    runs = [tk.store.read_json(tk.pipeline.student_dir(profile, v, GUIDE, CAM_LOSS) / "done.json")["settings"]
+            for v in tk.distill.VARIANTS]
+    for r in runs:
+        assert all(r[k] == runs[0][k] for k in ("arch", "n_train", "n_val", "train")), "training settings differ"
+        assert all(r["extra"][k] == runs[0]["extra"][k] for k in ("split_sha256", "size", "extraction")), "data differ"
+    print("the four students share seed, data, optimiser, schedule and epoch budget; only the loss differs")
+    for variant, h in histories.items():
+        print(f"{variant:>7}: kept epoch {h.best_epoch} of {len(h)}, validation AUC {h.final['val_auc']:.3f}")
+    """, check=True),
+    md("""
+    ### Training curves
+
+    The validation loss (plain cross-entropy) and AUC are comparable between the students; the
+    training loss is not — each student minimises its own objective, and the distillation terms add
+    their own amounts.
+    """),
+    code("""
+    fig = tk.viz.distill_curves(histories, title=f"students ({profile.student}), {profile.name} profile")
+    tk.viz.save_figure(fig, profile, "04_training_curves");
+    """),
+    md("""
+    ## The ablation
+
+    Every student is scored on the **test split** as the teachers were: the decision threshold is
+    chosen on the validation split (Youden's J) and applied unchanged; each number comes with its
+    95 % bootstrap interval, per data set and pooled (`all`). Two columns ask *where* each student
+    looks, on its Grad-CAM maps of the TB class for the test images:
+
+    - **in-lung share**: the share of the map's mass inside the U-Net's lung mask (1: all of it).
+      A map spread evenly over the image would score the lungs' share of the image — printed below
+      as the chance level;
+    - **agreement with guide**: the Pearson correlation, image by image, between the student's map
+      and the guiding teacher's map of the *same test image* (computed by the teacher, from the
+      stage-3 cache of the test split), averaged over images. 1: the same shape, 0: unrelated.
+      The `ce` and `kd` students never saw a map: their agreement is the baseline the map term
+      should lift.
+
+    The first row is the guide itself: the students' ceiling on agreement (1 by definition) and a
+    reference for the rest.
+    """),
+    code("""
+    scores = {f"guide: {guide_name}": tk.pipeline.score_guide(profile, prep, GUIDE, rule=RULE, n_boot=N_BOOT)}
+    for variant, model in students.items():
+        scores[variant] = tk.pipeline.score_student(profile, prep, model, variant, GUIDE, CAM_LOSS, rule=RULE,
+                                                    n_boot=N_BOOT)
+    test_records = tk.pipeline.classifier_records(profile, prep, "test")
+    lungs = tk.pipeline.lung_masks(profile, test_records, profile.image_size, "lung")
+    chance_in_lung = float(lungs.mean())
+    print(f"{len(test_records)} test images; the lungs cover {chance_in_lung:.0%} of an image (chance in-lung share)")
+    """),
+    code("""
+    table = tk.pipeline.ablation_table({n: s["test"] for n, s in scores.items()},
+                                      {n: s["attention"] for n, s in scores.items()})
+    table
+    """),
+    code("""
+    for name, s in scores.items():
+        r, a = s["test"][-1], s["attention"][-1]
+        print(f"{name:>18}: accuracy {r['accuracy']:.2f}, AUC {r['auc']:.2f}, F1 {r['f1']:.2f}, "
+              f"in-lung {a['in_lung']:.2f}, agreement {a['agreement']:.2f}")
+    """, check=True),
+    md("""
+    The same numbers, pooled over the data sets, as intervals: each dot is a value, each bar its
+    95 % interval. Where the bars overlap, the test split cannot tell the students apart.
+    """),
+    code("""
+    points = tk.pipeline.ablation_points({n: s["test"] for n, s in scores.items()},
+                                         {n: s["attention"] for n, s in scores.items()})
+    fig = tk.viz.ablation_intervals(points, reference={"AUC": 0.5, "in-lung share": chance_in_lung,
+                                                       "agreement with guide": 0.0})
+    tk.viz.save_figure(fig, profile, "04_ablation");
+    """),
+    code("""
+    for quantity in ("accuracy", "AUC", "F1", "in-lung share", "agreement with guide"):
+        bars = {v: points[v][quantity] for v in tk.distill.VARIANTS}
+        best = max(bars, key=lambda v: bars[v][0])
+        apart = [v for v in bars if v != best and bars[v][2] < bars[best][1]]
+        verdict = (f"{best} is above {', '.join(apart)} (intervals apart)" if apart
+                   else f"{best} is highest, but every other student's interval overlaps its interval")
+        print(f"{quantity:>22}: {verdict}")
+    """, check=True),
+    md("""
+    ### Reading the ablation honestly
+
+    Read the intervals before the values. On the `quick` profile (the committed outputs):
+
+    - **Accuracy and AUC do not tell the students apart.** Their AUCs lie between about 0.57 and
+      0.64, each with an interval about 0.3 wide, all overlapping — and all far below the guiding
+      teacher's (about 0.93). The order of the four values is noise: another seed would shuffle it.
+      Six epochs from scratch on 168 phantom images do not make a detector, and no distillation term
+      closes that gap here. This chapter shows that the machinery works, not that distillation
+      helps. The paper's claim (91.2 % accuracy on Shenzhen, 85.7 % on Montgomery) needs the `real`
+      profile, and even there a Montgomery test split of 28 images is uncertain by about ±0.13.
+    - **Sensitivity, specificity and F1 swing widely** (`cam` finds few TB images, `kd+cam` many)
+      because the students' probabilities crowd around 0.5 (see the gallery's titles below): a
+      threshold chosen on 24 validation images falls on one side or the other of that crowd. That
+      is the threshold's doing, not knowledge. The validation AUCs above (0.72–0.87) are higher than
+      the test AUCs for the same reason in another guise: the kept epoch was chosen on those 24
+      images, which flatters them.
+    - **Agreement with the guide is where the map term shows.** `ce` and `kd`, which never saw a
+      map, agree with the guide about as much as chance (near 0); `kd+cam` reaches about 0.44, its
+      interval clear of theirs: it learned on the training images to look where the teacher looks,
+      and carries that over to test images it never saw. `cam` alone got less far (about 0.15):
+      early stopping picks the epoch by validation AUC, not by agreement, and kept its 2nd epoch,
+      while `kd+cam` kept its 6th.
+    - **In-lung share.** The students put 39–51 % of their maps' mass inside the lungs, against a
+      chance level of 39 % (a map spread evenly); the teacher about 61 %. Only `kd+cam`, the student
+      that copied the maps best, is clearly above chance. The rest of a map lies on the blacked-out
+      background of the lung-extracted image: a 4×4 Grad-CAM grid (a 64-px image at stride 16) is
+      too coarse to follow the lungs' outline — one reason the `real` profile uses larger images.
+    - The bootstrap intervals only cover *which test images* happened to be drawn. Training the same
+      variants with other seeds adds the seed-to-seed spread on top — the honest next step before
+      claiming that one variant is better (`SEED = 1, 2, …`).
+
+    ### Other map losses, and the fused guide
+
+    The same `cam` student (maps only, no soft predictions), with the map term computed by L1 or by
+    attention transfer instead, and guided by the validation-weighted fusion of all five teachers.
+    Each student's agreement is measured with *its own* guide's test maps.
+    """),
+    code("""
+    option_scores = {f"cam · {GUIDE} · {CAM_LOSS}": scores["cam"]}
+    option_runs, option_histories = {}, {}
+    for variant, guide, loss in OPTIONS:
+        name = f"{variant} · {guide} · {loss}"
+        option_runs[name] = {"variant": variant, "guide_mode": guide, "cam_loss": loss}
+        model, option_histories[name], _ = tk.pipeline.train_student(profile, variant, prep, guide=guide,
+                                                                     cam_loss=loss, progress=PROGRESS)
+        option_scores[name] = tk.pipeline.score_student(profile, prep, model, variant, guide, loss, rule=RULE,
+                                                        n_boot=N_BOOT)
+    tk.pipeline.ablation_table({n: s["test"] for n, s in option_scores.items()},
+                               {n: s["attention"] for n, s in option_scores.items()}).xs("all", level="dataset")
+    """),
+    code("""
+    for name, s in option_scores.items():
+        r, a = s["test"][-1], s["attention"][-1]
+        print(f"{name:>20}: AUC {r['auc']:.2f}, F1 {r['f1']:.2f}, in-lung {a['in_lung']:.2f}, "
+              f"agreement with its guide ({s['guide']}) {a['agreement']:.2f}")
+    """, check=True),
+    md("""
+    The same caution holds: on `quick` most of these differences are within the intervals. One is
+    not: the L1 student calls no test image TB at its validation threshold and its AUC interval
+    straddles 0.5 — in this run it learned nothing usable. Attention transfer reaches the highest
+    agreement of the `cam` students, and the fused guide's student the best AUC and F1, both by
+    margins the intervals do not support. What to look for on real data: L1 and attention transfer
+    keep pulling when the maps are already close (their gradients do not shrink with the
+    difference, unlike the squared error's), which tends to buy agreement at some cost to the label
+    term; the fused guide's maps are smoother (an average of several opinions, weighted by
+    validation AUC), and its soft targets less tied to one teacher's quirks.
+
+    ## Where the students look
+
+    Rows: test images — the TB images the guide is surest of and the normal image it is surest of.
+    Columns: the X-ray (lungs outlined in cyan, the phantoms' known lesions in red), the guiding
+    teacher's map, and each student's map of the TB class. A panel's title gives that model's P(TB),
+    red when its decision was wrong. Look whether the `cam` students' maps take the guide's shape
+    while `ce`'s and `kd`'s go their own way.
+    """),
+    code("""
+    picks = tk.pipeline.distill_gallery_picks([r.label for r in test_records], scores[f"guide: {guide_name}"]["probs"])
+    rows = tk.pipeline.distill_gallery_rows(test_records, tk.pipeline.classifier_dataset(profile, prep, profile.student,
+                                                                                        "test").images,
+                                            scores, picks, lungs=lungs,
+                                            lesions=tk.pipeline.lung_masks(profile, test_records, profile.image_size,
+                                                                           "lesion"))
+    fig = tk.viz.cam_gallery(rows, list(scores), cell=1.6)
+    tk.viz.save_figure(fig, profile, "04_gallery");
+    """),
+    md("""
+    ## What the student costs
+
+    The point of distilling: the student should be much lighter than the teachers. Parameters,
+    FLOPs and CPU latency (one image, this machine; read the ratios, not the milliseconds):
+    """),
+    code("""
+    costs = {profile.student: {"size": profile.image_size, **tk.pipeline.cost(students["kd+cam"], profile.image_size)}}
+    for arch in profile.teachers:
+        teacher = tk.pipeline.load_classifier(tk.pipeline.teacher_dir(profile, arch) / "best.pt")
+        costs[arch] = {"size": profile.size_for(arch), **tk.pipeline.cost(teacher, profile.size_for(arch))}
+    tk.pipeline.cost_table(costs)
+    """),
+    code("""
+    for arch in profile.teachers:
+        ratio = costs[arch]["params"] / costs[profile.student]["params"]
+        print(f"{arch:>18}: {ratio:5.1f} times the student's parameters")
+    """, check=True),
+    md("""
+    ## The student in the CAM explorer
+
+    The explorer of chapter 03, with the four students added beside the teachers. It opens on the
+    guiding teacher (model A) next to the `kd+cam` student (model B), on the first TB image of the
+    gallery: pick another image, another student or teacher, another CAM method, or switch the lung
+    and lesion outlines.
+    Each student's threshold is the one chosen on validation above.
+    """),
+    code("""
+    explorer = tk.widgets.explorer_for_profile(profile, prep)
+    for name in tk.distill.VARIANTS:
+        s = scores[name]
+        by_key = dict(zip([r.key for r in test_records], s["probs"]))
+        explorer.add_model(f"student {name}", students[name], profile.student, size=profile.image_size,
+                           probs=[by_key[k] for k in explorer.state.keys], threshold=s["threshold"])
+    explorer.set(a=guide_name if guide_name in explorer.state.models else profile.teachers[0],
+                 b="student kd+cam", label="TB", image=test_records[picks["TB"][0]].key)
+    explorer
+    """),
+    md("""
+    (A notebook viewed without a running kernel shows no widget; here is the explorer's current
+    picture.)
+    """),
+    code("""
+    explorer.figure
+    """),
+    md("""
+    ## Handing over to chapter 05
+
+    The ablation goes to `results/<profile>/ablation.json`: the guide (mode, teacher, weights,
+    validation AUCs), the loss settings, and for every student its kept epoch, validation AUC, test
+    metrics with intervals, in-lung share and agreement, per data set. Chapter 05 sets the students
+    beside the teachers and the paper.
+    """),
+    code("""
+    report = {"profile": profile.name, "seed": profile.seed, "student": profile.student, "rule": RULE,
+              "n_boot": N_BOOT, "ci_level": 0.95, "chance_in_lung": round(chance_in_lung, 4),
+              "guide": {"mode": GUIDE, "source": guide_name, "weights": tk.distill.teacher_weights(val_auc, GUIDE),
+                        "val_auc": val_auc},
+              "loss": {"alpha": profile.kd_alpha, "beta": profile.cam_beta, "temperature": profile.kd_temperature,
+                       "cam_loss": CAM_LOSS},
+              "guide_scores": tk.pipeline.ablation_entry(scores[f"guide: {guide_name}"]),
+              "students": {v: tk.pipeline.ablation_entry(scores[v], histories[v], variant=v, guide_mode=GUIDE,
+                                                         cam_loss=CAM_LOSS) for v in tk.distill.VARIANTS},
+              "options": {n: tk.pipeline.ablation_entry(option_scores[n], option_histories[n], **run)
+                          for n, run in option_runs.items()}}
+    path = tk.store.write_json(profile.results / "ablation.json", report)
+    assert set(tk.store.read_json(path)["students"]) == set(tk.distill.VARIANTS)
+    print(f"wrote {path.name}: {len(report['students'])} students, {len(report['options'])} options")
+    """, check=True),
+    md("""
+    ## What's next
+
+    Chapter 05 gathers every number of the kit into one results table beside the paper's.
+
+    *Things to try:* `GUIDE = "fusion"` for the whole ablation; `CAM_LOSS = "at"`; a stronger map
+    term (`tk.config.get_profile(PROFILE, cam_beta=5)`) and watch agreement rise and, perhaps, AUC
+    fall; another temperature (`kd_temperature=1` turns the soft targets back into the teacher's
+    plain predictions); another student (`student="resnet18"`: any model of the registry); and,
+    before believing any difference, other seeds (`SEED = 1, 2, …`).
+    """),
+]
+
+build("04_distillation", cells)
