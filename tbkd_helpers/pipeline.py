@@ -227,6 +227,8 @@ def teacher_val_auc(profile, prep: _data.Prepared, teachers: Sequence[str] | Non
     """Each teacher's validation AUC (the guide is chosen on it, never on test)."""
     out = {}
     for arch in teachers or profile.teachers:
+        if not (teacher_dir(profile, arch) / "done.json").is_file():
+            train_teacher(profile, arch, prep, progress=False)
         preds = predictions(profile, teacher_dir(profile, arch), arch, prep)
         v = preds["val"]
         out[arch] = _metrics.classification_report(np.array(v["labels"]), np.array(v["probs"]))["auc"]
