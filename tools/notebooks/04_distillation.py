@@ -151,9 +151,10 @@ cells = [
 
     ## The guide comes from the cache
 
-    Chapter 03 stored every teacher's Grad-CAM map (TB class) and logits for every training image.
-    The student reads them from there: **no teacher runs while the student trains**, so a student
-    costs no more than its own forward and backward passes. The guide for the training images:
+    Chapter 03 stored every teacher's Grad-CAM map (TB class) and logits for every training image
+    (made now if chapter 03 has not run on this profile). The student reads them from there: **no
+    teacher runs while the student trains**, so a student costs no more than its own forward and
+    backward passes. The guide for the training images:
     """),
     code("""
     guide_train = tk.pipeline.guide_for_part(profile, prep, GUIDE, "train", progress=PROGRESS)
