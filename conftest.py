@@ -14,3 +14,6 @@ def pytest_configure(config):
     base = tempfile.mkdtemp(prefix="tbkd-test-")
     os.environ["TBKD_ARTIFACTS"] = os.path.join(base, "artifacts")
     os.environ["TBKD_RESULTS"] = os.path.join(base, "results")
+    # re-executed notebooks (nbval) run without progress bars: long cells that update
+    # bars thousands of times made nbval time out waiting for the cell's output
+    os.environ.setdefault("TBKD_PROGRESS", "off")

@@ -30,11 +30,21 @@ def _text_progress_bars() -> None:
     widgets that a headless run cannot show."""
     import os
 
-    if os.environ.get("TBKD_PROGRESS") == "text":
+    mode = os.environ.get("TBKD_PROGRESS")
+    if mode in ("text", "off"):
         import tqdm.auto
         import tqdm.std
 
-        tqdm.auto.tqdm = tqdm.std.tqdm
+        if mode == "text":
+            tqdm.auto.tqdm = tqdm.std.tqdm
+        else:  # notebook regression runs: thousands of bar updates drown nbval's output reader
+
+            class _Silent(tqdm.std.tqdm):
+                def __init__(self, *args, **kwargs):
+                    kwargs["disable"] = True
+                    super().__init__(*args, **kwargs)
+
+            tqdm.auto.tqdm = _Silent
 
 
 _text_progress_bars()

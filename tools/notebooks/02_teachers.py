@@ -31,7 +31,7 @@ cells = [
     SEED = 0                # every random choice derives from it
     N_BOOT = 1000           # bootstrap resamples behind each 95 % confidence interval
     RULE = "youden"         # threshold rule, applied on the validation split: "youden", "sens>=0.9", "0.5"
-    PROGRESS = True         # progress bars while training
+    PROGRESS = False        # True: progress bars while training (interactive use; see below)
     """),
     code("""
     import math
@@ -142,7 +142,7 @@ cells = [
       torchvision's MobileNet V3 uses 0.01, tuned for hundreds of thousands of steps. After a few
       hundred steps from scratch the averages still mostly describe the random initial network: in
       this kit's first experiments a MobileNet V3 predicted **one class for every test image**
-      (accuracy 0.455) while its AUC was above 0.8. So before every validation the running
+      (accuracy 0.455) while its AUC was 0.80–0.85. So before every validation the running
       statistics are **recomputed** from the training images (a pass without gradients; the weights
       do not change), and the kit trains MobileNets from scratch with PyTorch's usual momentum 0.1.
       VGG16 has no batch normalisation and nothing to recalibrate.
@@ -159,16 +159,18 @@ cells = [
               f"class balance by {s.class_balance}, patience {s.patience}, BN recalibration {s.bn_recalibrate}")
     """, check=True),
     md("""
-    Training the five (a few minutes on the `quick` profile, VGG16 takes most of it; about an hour
-    for the `real` profile on a laptop CPU):
+    Training the five (about ten minutes on the `quick` profile on a 2-core CPU, VGG16 takes half of
+    it). One line appears as each teacher finishes; set `PROGRESS = True` in the parameters cell for
+    progress bars per epoch (they are off by default because a cell that runs for minutes sends
+    thousands of bar updates, more than a headless run such as the notebook tests keeps).
     """),
     code("""
     models, histories = {}, {}
     for arch in profile.teachers:
-        models[arch], histories[arch] = tk.pipeline.train_teacher(profile, arch, prep, progress=PROGRESS)
-    for arch, h in histories.items():
+        models[arch], h = tk.pipeline.train_teacher(profile, arch, prep, progress=PROGRESS)
+        histories[arch] = h
         print(f"{arch:>18}: kept epoch {h.best_epoch} of {len(h)}, validation AUC {h.final['val_auc']:.3f}, "
-              f"{sum(h.seconds):.0f} s of training")
+              f"{sum(h.seconds):.0f} s of training", flush=True)
     """),
     md("""
     ## Training curves
@@ -227,9 +229,9 @@ cells = [
     curve farthest above the chance diagonal (ties: the highest threshold). Pooled, because the
     validation split is small (on the `quick` profile 8 Montgomery and 16 Shenzhen images): one
     threshold per data set would be chosen on almost nothing — and a detector in use does not know
-    which hospital an image comes from. Other rules are one
-    word away: `"sens>=0.9"` takes the highest threshold that still finds 90 % of the TB images (the
-    WHO's target for a TB triage test), `"0.5"` a fixed threshold.
+    which hospital an image comes from. Other rules are one word away: `"sens>=0.9"` takes the
+    highest threshold that still finds 90 % of the TB images (the WHO's target for a TB triage
+    test), `"0.5"` a fixed threshold.
 
     The threshold is then applied **unchanged** to the test split. Choosing it on the test images
     would tune the result to exactly the images it is measured on and report an optimistic number;
@@ -306,7 +308,7 @@ cells = [
     md("""
     On the `quick` profile the test sets are tiny — 16 Montgomery and 32 Shenzhen images, half of
     them TB — so the intervals are very wide: one Montgomery image is worth 0.06 of accuracy, and
-    only teachers whose intervals barely overlap can be said to differ. The numbers show that the
+    teachers whose intervals overlap broadly cannot be told apart. The numbers show that the
     machinery works and roughly how the teachers rank on phantoms, not how they would do on real
     X-rays. The paper reports 91.2 % accuracy on Shenzhen and 85.7 % on Montgomery (for its
     lightweight detector, as far as the abstract tells); with the real data sets the test split holds
@@ -332,7 +334,8 @@ cells = [
     The counts behind every threshold metric: rows are the true class, columns the prediction. Top
     left are the normal images cleared (true negatives), bottom right the TB images found (true
     positives); the off-diagonal cells are the mistakes — top right false alarms, bottom left missed
-    TB, the costly kind in screening. The shade of each cell is its share of the true class.
+    TB, the costly kind in screening. Correct cells are blue, mistakes red, and the shade of each
+    cell is its share of the true class: a dark blue diagonal is what a good detector shows.
     """),
     code("""
     fig = tk.viz.confusion_grid([{"model": arch, **r} for arch, rows in results.items() for r in rows])
