@@ -225,7 +225,12 @@ def test_early_stopping_on_a_flat_validation_auc(tmp_path, data):
     assert hist.stopped_early and len(hist) == 3 and hist.best_epoch == 1
 
 
-def test_sgd_cosine_label_smoothing_and_progress_bar(tmp_path, data, capsys):
+def test_sgd_cosine_label_smoothing_and_progress_bar(tmp_path, data, capsys, monkeypatch):
+    import tqdm.auto
+    import tqdm.std
+
+    # the test session silences bars for nbval (TBKD_PROGRESS=off); this test wants a real one
+    monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.std.tqdm)
     train, val = data
     torch.manual_seed(0)
     model = Tiny()

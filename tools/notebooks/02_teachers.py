@@ -298,7 +298,7 @@ cells = [
     for arch, rows in results.items():
         print(f"{arch:>18}: " + "; ".join(f"{r['dataset']} accuracy {r['accuracy']:.2f}, AUC {r['auc']:.2f}"
                                           for r in rows))
-    """, check=True),
+    """),
     code("""
     widths = {(arch, r["dataset"]): r["accuracy_hi"] - r["accuracy_lo"] for arch, rows in results.items() for r in rows}
     for ds in [r["dataset"] for r in results[profile.teachers[0]]]:

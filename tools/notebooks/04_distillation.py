@@ -143,7 +143,7 @@ cells = [
     print(f"{'teacher':>18}  val AUC  weight 'best'  weight 'fusion'")
     for arch in profile.teachers:
         print(f"{arch:>18}  {val_auc[arch]:7.3f}  {weights['best'][arch]:13.2f}  {weights['fusion'][arch]:15.2f}")
-    """, check=True),
+    """),
     md("""
     On the `quick` profile the validation split holds only a couple of dozen images, so the ranking
     of teachers with close AUCs is itself uncertain — another seed could crown another teacher. The
@@ -163,7 +163,7 @@ cells = [
     code("""
     print(f"guide: {guide_name}; {len(guide_train)} training images, maps of {guide_train.cams.shape[1]}x"
           f"{guide_train.cams.shape[2]} px in [0, 1], logits of shape {guide_train.logits.shape}")
-    """, check=True),
+    """),
     code("""
     if GUIDE == "best":
         assert guide_name == max(profile.teachers, key=lambda a: val_auc[a]), "the guide is not the best on validation"
@@ -325,7 +325,7 @@ cells = [
     print("the four students share seed, data, optimiser, schedule and epoch budget; only the loss differs")
     for variant, h in histories.items():
         print(f"{variant:>7}: kept epoch {h.best_epoch} of {len(h)}, validation AUC {h.final['val_auc']:.3f}")
-    """, check=True),
+    """),
     md("""
     ### Training curves
 
@@ -377,7 +377,7 @@ cells = [
         r, a = s["test"][-1], s["attention"][-1]
         print(f"{name:>18}: accuracy {r['accuracy']:.2f}, AUC {r['auc']:.2f}, F1 {r['f1']:.2f}, "
               f"in-lung {a['in_lung']:.2f}, agreement {a['agreement']:.2f}")
-    """, check=True),
+    """),
     md("""
     The same numbers, pooled over the data sets, as intervals: each dot is a value, each bar its
     95 % interval. Where the bars overlap, the test split cannot tell the students apart.
@@ -397,7 +397,7 @@ cells = [
         verdict = (f"{best} is above {', '.join(apart)} (intervals apart)" if apart
                    else f"{best} is highest, but every other student's interval overlaps its interval")
         print(f"{quantity:>22}: {verdict}")
-    """, check=True),
+    """),
     md("""
     ### Reading the ablation honestly
 
@@ -455,7 +455,7 @@ cells = [
         r, a = s["test"][-1], s["attention"][-1]
         print(f"{name:>20}: AUC {r['auc']:.2f}, F1 {r['f1']:.2f}, in-lung {a['in_lung']:.2f}, "
               f"agreement with its guide ({s['guide']}) {a['agreement']:.2f}")
-    """, check=True),
+    """),
     md("""
     The same caution holds: on `quick` most of these differences are within the intervals. One is
     not: the L1 student calls no test image TB at its validation threshold and its AUC interval

@@ -72,7 +72,7 @@ cells = [
     for name, s in specs.items():
         print(f"{name:>18}: {s['role']:7s} {s['arch']:>18} at {profile.size_for(s['arch'])} px, "
               f"threshold {thresholds[name]['threshold']:.3f} (on {thresholds[name]['n_val']} validation images)")
-    """, check=True),
+    """),
     md("""
     ## Test-split metrics, with confidence intervals
 
@@ -94,7 +94,7 @@ cells = [
     code("""
     for name, rows in test.items():
         print(f"{name:>18}: " + "; ".join(f"{r['dataset']} accuracy {r['accuracy']:.2f}" for r in rows))
-    """, check=True),
+    """),
     code("""
     for name, rows in test.items():
         val = preds[name]["val"]
@@ -129,7 +129,7 @@ cells = [
     for ds, c in comparison.iterrows():
         print(f"{ds}: paper {c['paper']:.3f}; {c['model']} {c['accuracy']:.2f} "
               f"[{c['accuracy_lo']:.2f}, {c['accuracy_hi']:.2f}] -> {c['verdict']}")
-    """, check=True),
+    """),
     md("""
     The figure shows every model's test accuracy with its interval, and the paper's figure as a black bar
     across each data set's group (the dotted line is chance for a balanced set).
@@ -149,7 +149,7 @@ cells = [
     verdict = "within the target" if sv["within"] else f"misses the target by {sv['gap_pp'] - sv['tolerance_pp']:.1f} points"
     print(f"Shenzhen: {sv['student']} {100 * sv['student_accuracy']:.1f} %, best teacher ({sv['teacher']}) "
           f"{100 * sv['teacher_accuracy']:.1f} %: gap {sv['gap_pp']:+.1f} points, {verdict}")
-    """, check=True),
+    """),
     md("""
     ## The WHO target for a triage test
 
@@ -181,7 +181,7 @@ cells = [
     for name, r in pooled.items():
         print(f"{name:>18}: test sensitivity {r['sensitivity']:.2f}, specificity {r['specificity']:.2f} -> "
               f"{'meets' if r['meets'] else 'does not meet'} the WHO target")
-    """, check=True),
+    """),
     md("""
     Each dot is a model's test sensitivity and specificity at its WHO threshold (data sets pooled), the
     crosses its 95 % intervals; the green corner is where a triage test must be.
@@ -247,7 +247,7 @@ cells = [
         s = res["summary"]["all"]["accuracy"]
         print(f"{name}: {cv['k']} folds of {held} held-out images, {cv['epochs']} epochs each; "
               f"accuracy {s['mean']:.2f} ± {s['sd']:.2f} (all images)")
-    """, check=True),
+    """),
     code("""
     fig = tk.viz.kfold_points(cv)
     tk.viz.save_figure(fig, profile, "05_kfold");
@@ -272,7 +272,7 @@ cells = [
         assert run["cross"]["n"] == n_other, "tested on every image of the other data set"
         print(f"trained on {run['train']} ({run['n_train']} images): accuracy {run['in_domain']['accuracy']:.2f} "
               f"on its own test split, {run['cross']['accuracy']:.2f} on all {n_other} {run['test']} images")
-    """, check=True),
+    """),
     code("""
     fig = tk.viz.cross_bars(cross)
     tk.viz.save_figure(fig, profile, "05_cross_dataset");
@@ -318,7 +318,7 @@ cells = [
                       preds[tk.results.student_name("kd+cam")]["test"]["probs"]))[record.key]
     assert abs(out["prob_tb"] - stage4) < 1e-4, "predict must agree with the pipeline"
     print(f"{record.path.name}: P(TB) = {out['prob_tb']:.2f} -> {out['decision']} (threshold {out['threshold']:.2f})")
-    """, check=True),
+    """),
     code("""
     import matplotlib.pyplot as plt
 

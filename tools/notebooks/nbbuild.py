@@ -4,7 +4,12 @@ A builder holds a chapter's cells as Python data, so the source of a notebook ca
 read and reviewed as text; ``build`` writes the ``.ipynb`` (without outputs) with the
 ``python3`` kernelspec that papermill and nbval need. Then execute it:
 ``python tools/execute_notebook.py notebooks/NN_name.ipynb``.
+
+``NBBUILD_OUT=DIR`` writes the notebook into DIR instead of ``notebooks/``: the test
+``tests/test_notebook_sources.py`` builds there and checks that every committed notebook's
+cells are what its builder says.
 """
+import os
 from pathlib import Path
 from textwrap import dedent
 
@@ -37,7 +42,7 @@ def build(name: str, cells) -> Path:
     nb.cells = list(cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
-    path = REPO / "notebooks" / f"{name}.ipynb"
+    path = Path(os.environ.get("NBBUILD_OUT") or REPO / "notebooks") / f"{name}.ipynb"
     nbformat.validate(nb)
     nbformat.write(nb, str(path))
     print(f"wrote {path}")
