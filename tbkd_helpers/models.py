@@ -512,6 +512,24 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     return ckpt
 
 
+def weights_sha256(path: str | Path) -> str:
+    """SHA-256 of a checkpoint's weights alone (names, dtypes, shapes and values, in key
+    order). Unlike the file's hash it ignores what a run also records, such as each
+    epoch's wall time, so two identical trainings give the same digest."""
+    import hashlib
+
+    state = read_checkpoint(Path(path), "cpu")["state_dict"]
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu",
                     expect_arch: str | None = None) -> tuple[GrayToModel, dict]:
     """Rebuild the model a checkpoint describes and load its weights; eval mode.

@@ -69,6 +69,21 @@ def _failed_cell(executed: Path) -> int | None:
     return None
 
 
+def declared_parameters(path: Path) -> set[str]:
+    """Names assigned in a notebook's ``parameters`` cell."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            tree = ast.parse(cell.source)
+            return {t.id for node in tree.body if isinstance(node, ast.Assign)
+                    for t in node.targets if isinstance(t, ast.Name)}
+    return set()
+
+
 def reproduce(profile: str = "quick", data_dir: str | None = None, out_dir: Path | None = None,
               notebooks: list[Path] | None = None, log_output: bool = True) -> dict[str, float]:
     """Execute every numbered notebook for ``profile``; return {notebook: seconds}.
@@ -85,7 +100,10 @@ def reproduce(profile: str = "quick", data_dir: str | None = None, out_dir: Path
     times: dict[str, float] = {}
     for nb in notebooks or numbered_notebooks():
         print(f"[tbkd] {nb.name} ({profile}) ...", file=sys.stderr, flush=True)
-        times[nb.name] = run_notebook(nb, out_dir / nb.name, params, log_output=log_output)
+        # a headless run shows every training's progress bar (chapters that keep them off
+        # for readers, like 02, declare PROGRESS in their parameters cell)
+        nb_params = {**params, "PROGRESS": True} if "PROGRESS" in declared_parameters(nb) else params
+        times[nb.name] = run_notebook(nb, out_dir / nb.name, nb_params, log_output=log_output)
         print(f"[tbkd] {nb.name} done in {times[nb.name]:.0f} s -> {out_dir / nb.name}",
               file=sys.stderr, flush=True)
     return times

@@ -407,7 +407,7 @@ def assemble(profile, specs: dict[str, dict], preds: dict[str, dict], test: dict
     for name, s in specs.items():
         ckpt = s["dir"] / "best.pt"
         models[name] = {"role": s["role"], "arch": s["arch"], "input_size": profile.size_for(s["arch"]),
-                        "checkpoint": _rel(ckpt, profile), "checkpoint_sha256": store.file_sha256(ckpt),
+                        "checkpoint": _rel(ckpt, profile), "weights_sha256": _models.weights_sha256(ckpt),
                         **({"variant": s["variant"]} if "variant" in s else {}),
                         "val_auc": _metrics.summarize(preds[name]["val"]["labels"], preds[name]["val"]["probs"],
                                                       n_boot=0)["auc"],
@@ -462,9 +462,35 @@ def results_path(profile) -> Path:
     return Path(profile.results) / "results.json"
 
 
+# Wall-clock measurements: they change with the machine and with what else runs on it,
+# so they live in ``timings.json`` beside ``results.json``, which then holds only what the
+# same profile and seed give again on the same machine (tested: tests/test_determinism.py).
+TIMING_KEYS = ("latency_ms_b1", "latency_ms_b32")
+TIMINGS_FILE = "timings.json"
+
+
+def split_timings(results: dict) -> tuple[dict, dict]:
+    """``(results without wall-clock figures, those figures)``: the inverse of :func:`merge_timings`."""
+    import copy
+
+    results = copy.deepcopy(results)
+    timings = {"cost": {}}
+    for name, c in (results.get("cost") or {}).items():
+        timings["cost"][name] = {k: c.pop(k) for k in TIMING_KEYS if k in c}
+    return results, timings
+
+
+def merge_timings(results: dict, timings: dict) -> dict:
+    for name, t in (timings.get("cost") or {}).items():
+        results.setdefault("cost", {}).setdefault(name, {}).update(t)
+    return results
+
+
 def write(results: dict, profile) -> Path:
-    """``results/<profile>/results.json`` (atomically)."""
-    return store.write_json(results_path(profile), results)
+    """``results/<profile>/results.json`` (atomically), with the latencies in ``timings.json``."""
+    stable, timings = split_timings(results)
+    store.write_json(results_path(profile).with_name(TIMINGS_FILE), timings)
+    return store.write_json(results_path(profile), stable)
 
 
 def load(profile_or_path) -> dict:
@@ -475,7 +501,8 @@ def load(profile_or_path) -> dict:
     res = store.read_json(path)
     if res.get("schema") != SCHEMA:
         raise _data.DataError(f"{path}: not a tbkd results file (schema {res.get('schema')!r})")
-    return res
+    timings = path.with_name(TIMINGS_FILE)
+    return merge_timings(res, store.read_json(timings)) if timings.is_file() else res
 
 
 # --------------------------------------------------------------------------- tables

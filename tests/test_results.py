@@ -262,3 +262,19 @@ def test_collect_end_to_end(tmp_path, monkeypatch):
     again = results.collect(prof, prep, n_boot=100, latency_repeats=1, fold_epochs=1)
     assert again["test"] == res["test"] and again["kfold"] == res["kfold"] and again["cross"] == res["cross"]
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "artifacts").rglob("best.pt")} == stamps
+
+
+def test_latencies_live_in_timings_json(tmp_path, monkeypatch):
+    """results.json holds what a second run reproduces; wall-clock latencies go beside it."""
+    monkeypatch.setenv("TBKD_RESULTS", str(tmp_path))
+    prof = config.get_profile("quick")
+    doc = _results_doc()
+    doc["cost"] = {"densenet121": {"params": 7_000_000, "latency_ms_b1": 12.5, "latency_ms_b32": 300.0},
+                   "student": {"params": 1_500_000, "latency_ms_b1": 1.25, "latency_ms_b32": 20.0}}
+    path = results.write(doc, prof)
+    on_disk = json.loads(path.read_text())
+    assert on_disk["cost"] == {"densenet121": {"params": 7_000_000}, "student": {"params": 1_500_000}}
+    timings = json.loads((path.parent / "timings.json").read_text())
+    assert timings["cost"]["student"] == {"latency_ms_b1": 1.25, "latency_ms_b32": 20.0}
+    assert results.load(prof) == json.loads(json.dumps(doc))  # load puts them back
+    assert doc["cost"]["student"]["latency_ms_b1"] == 1.25  # the caller's dict is untouched

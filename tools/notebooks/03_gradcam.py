@@ -33,6 +33,7 @@ cells = [
     CAM_METHOD = "gradcam"     # a key of tk.cam.CAM_METHODS for the galleries and the table
     ROAD_IMAGES = 8            # TB test images the ROAD faithfulness is measured on (costly)
     GALLERY_PER_GROUP = 2      # X-rays per row group (TP, FP, FN) in the gallery
+    PROGRESS = False           # True: progress bars while teachers train and maps are cached
     """),
     code("""
     import numpy as np
@@ -100,7 +101,7 @@ cells = [
     stride-32 layer, with the size of their maps at the kit's input size:
     """),
     code("""
-    teachers = {arch: tk.pipeline.train_teacher(profile, arch, prep, progress=False)[0]
+    teachers = {arch: tk.pipeline.train_teacher(profile, arch, prep, progress=PROGRESS)[0]
                 for arch in profile.teachers}
     print(pd.DataFrame(tk.pipeline.cam_layers(profile, teachers)).set_index("teacher").to_string())
     """, check=True),
@@ -125,7 +126,7 @@ cells = [
       otherwise it is read back.
     """),
     code("""
-    caches = {arch: tk.pipeline.cam_cache(profile, arch, prep, "train", model=teachers[arch], progress=False)
+    caches = {arch: tk.pipeline.cam_cache(profile, arch, prep, "train", model=teachers[arch], progress=PROGRESS)
               for arch in profile.teachers}
     rows = [{"teacher": arch, "images": len(c), "maps": "×".join(map(str, c.cams.shape[1:])),
              "dtype": str(c.cams.dtype), "logits": c.logits.shape[1], "file": c.path.name}

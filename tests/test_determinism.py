@@ -1,0 +1,64 @@
+"""The same profile run twice on one machine writes the same ``results.json``.
+
+Two fresh processes each run the whole chain on a miniature quick profile (phantoms,
+U-Net, a teacher, the distilled and the plain student, k-fold, cross-data-set, costs) into
+their own artifacts folder; the two ``results.json`` files must be byte-identical.
+Wall-clock latencies are not in ``results.json`` but in ``timings.json`` beside it, and
+checkpoints are compared by their weights (``weights_sha256``), not by file bytes that
+also record each epoch's duration. (Issue 6.)
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+SCRIPT = textwrap.dedent("""
+    import tbkd_helpers as tk
+    p = tk.config.get_profile("quick", phantom_counts={"shenzhen": 24, "montgomery": 16},
+                              phantom_size=64, seg_epochs=1, teachers=("resnet18",),
+                              teacher_epochs=2, student_epochs=2, kfold=2)
+    res = tk.results.collect(p, n_boot=100, latency_repeats=1, fold_epochs=1)
+    print(tk.results.write(res, p))
+""")
+
+
+def _run(tmp: Path, name: str) -> Path:
+    script = tmp / "run.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "TBKD_ARTIFACTS": str(tmp / name / "artifacts"),
+           "TBKD_RESULTS": str(tmp / name / "results"), "TBKD_PROGRESS": "off"}
+    proc = subprocess.run([sys.executable, str(script)], env=env, text=True, capture_output=True)
+    assert proc.returncode == 0, f"run {name} failed:\n{(proc.stdout + proc.stderr)[-3000:]}"
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def _diff(a, b, path="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{path}/{k}: only in one run" for k in set(a) ^ set(b)]
+        for k in sorted(set(a) & set(b)):
+            out += _diff(a[k], b[k], f"{path}/{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+@pytest.mark.slow
+def test_same_profile_twice_writes_the_same_results(tmp_path):
+    first, second = _run(tmp_path, "one"), _run(tmp_path, "two")
+    assert first != second and first.name == second.name == "results.json"
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    differences = _diff(a, b)
+    assert not differences, "results.json differs between two runs:\n" + "\n".join(differences[:20])
+    assert first.read_bytes() == second.read_bytes()
+    # what is compared is the whole document: every model, the k-fold and the cross runs
+    assert {"test", "kfold", "cross", "cost", "models"} <= set(a)
+    assert all("latency_ms_b1" not in c for c in a["cost"].values())
+    timings = json.loads(first.with_name("timings.json").read_text())
+    assert all(t["latency_ms_b1"] > 0 for t in timings["cost"].values())
