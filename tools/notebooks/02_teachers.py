@@ -159,8 +159,22 @@ cells = [
               f"class balance by {s.class_balance}, patience {s.patience}, BN recalibration {s.bn_recalibrate}")
     """, check=True),
     md("""
-    Training the five (about ten minutes on the `quick` profile on a 2-core CPU, VGG16 takes half of
-    it). One line appears as each teacher finishes; set `PROGRESS = True` in the parameters cell for
+    ### What the `real` profile trades against the paper
+
+    The paper trains at 224 px (299 px for Inception V3), on a GPU. The `real` profile has to run
+    the whole kit on the NLM data within 90 minutes on a 2-core laptop CPU, where one training image
+    at 128 px (forward and backward, batch 32) costs VGG16 about 271 ms, Inception V3 (at 160 px)
+    73 ms, DenseNet121 65 ms, ResNet18 29 ms and MobileNet V3 Large 14 ms — VGG16 alone is 60 % of
+    the teachers' time. So `real` trains at **112 px (144 px for Inception V3) for 10 epochs, from
+    random weights**. What that costs: a 112-px lung crop keeps a quarter of the paper's pixels, so
+    small lesions blur; ten epochs from scratch leave the teachers still improving when they stop;
+    and without ImageNet weights the networks learn every filter from about 560 training X-rays.
+    The `full` profile restores the paper's sizes and trains 40 epochs, for a GPU
+    (`make reproduce PROFILE=full`); `pretrained=True` in a profile uses ImageNet weights where
+    there is internet.
+
+    Training the five (about three minutes on the `quick` profile on a 2-core CPU, VGG16 more than
+    half of it). One line appears as each teacher finishes; set `PROGRESS = True` in the parameters cell for
     progress bars per epoch (they are off by default because a cell that runs for minutes sends
     thousands of bar updates, more than a headless run such as the notebook tests keeps).
     """),
