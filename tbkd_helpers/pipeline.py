@@ -551,7 +551,8 @@ def attention_table(att: TeacherAttention, road_images: int = 16,
         lungs, les = att.lungs[s], att.lesions[s]
         has = les.reshape(len(les), -1).any(1)
         rows.append({"teacher": "chance", "in_lung": _nanmean(lungs.reshape(len(lungs), -1).mean(1)),
-                     "pointing": _nanmean(les[has].reshape(int(has.sum()), -1).mean(1)),
+                     "pointing": _nanmean(les[has].reshape(int(has.sum()), -1).mean(1)) if has.any()
+                     else float("nan"),  # real data: no lesion masks
                      "road": float("nan"), "agreement": float("nan"), "n_images": len(lungs), "n_empty": 0,
                      "n_lesion": int(has.sum()), "n_road": 0})
     return rows

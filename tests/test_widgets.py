@@ -396,3 +396,15 @@ def test_attention_table_with_a_collapsed_teacher(recwarn):
     lines = pipeline.attention_summary(rows)
     assert len(lines) == 3 and "every map is empty" in lines[2] and "against chance" in lines[0]
     assert set(pipeline.ATTENTION_COLUMNS) == set(rows[0]) - {"teacher"}
+
+
+def test_attention_table_on_real_data_without_lesion_masks(recwarn):
+    """Real X-rays come with no lesion masks: the pointing game is undefined (NaN) for every
+    teacher and for chance, and the rest of the table is still measured."""
+    att = _attention()
+    att.lesions = {SIZE: np.zeros_like(att.lesions[SIZE])}
+    rows = pipeline.attention_table(att, road_images=2, road_percentiles=(50,))
+    by = {r["teacher"]: r for r in rows}
+    assert all(np.isnan(r["pointing"]) and r["n_lesion"] == 0 for r in rows)
+    assert all(np.isfinite(by[t]["in_lung"]) for t in TEACHERS) and by["chance"]["in_lung"] > 0
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
