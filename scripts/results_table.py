@@ -27,12 +27,16 @@ def main(argv=None) -> int:
     ap.add_argument("--update-readme", action="store_true", help="write the table into README.md between the markers")
     ap.add_argument("--readme", type=Path, default=REPO / "README.md")
     args = ap.parse_args(argv)
+    import datetime
+
+    path = args.results or results.results_path(config.get_profile(args.profile))
     try:
-        res = results.load(args.results or config.get_profile(args.profile))
+        res = results.load(path)
     except (DataError, ValueError) as err:
         print(f"results_table: {err}", file=sys.stderr)
         return 1
-    table = results.readme_table(res)
+    written = datetime.date.fromtimestamp(Path(path).stat().st_mtime).isoformat()
+    table = results.readme_table(res, written=written)
     print(table, end="")
     if args.update_readme:
         if results.update_readme(args.readme, table):

@@ -546,8 +546,14 @@ def comparison_table(results: dict):
     return pd.DataFrame(rows).set_index("data set")
 
 
-def readme_table(results: dict) -> str:
-    """The README's results block (markdown), made from ``results.json`` alone."""
+def reproduce_command(profile_name: str, data: str) -> str:
+    """The command that writes a profile's ``results.json``."""
+    return f"make reproduce PROFILE={profile_name}" + (" TBKD_DATA_DIR=..." if data == "real" else "")
+
+
+def readme_table(results: dict, written: str | None = None) -> str:
+    """The README's results block (markdown), made from ``results.json`` alone
+    (``written``: the date the run wrote it, e.g. the file's modification date)."""
     t = comparison_table(results)
     head = ["data set", *t.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -559,7 +565,9 @@ def readme_table(results: dict) -> str:
              f"Brackets: {round(100 * results['settings']['ci_level'])} % bootstrap CI "
              f"({results['settings']['n_boot']} resamples); threshold chosen on the validation split. "
              "Verdict: *beats* — the CI lies above the paper's figure; *matches* — it contains it; "
-             "*misses* — it lies below."]
+             "*misses* — it lies below.",
+             f"Produced by `{reproduce_command(prof, results['data'])}`"
+             + (f", run of {written}." if written else ".")]
     sv = results.get("student_vs_teacher")
     if sv:
         notes.append(f"Student against the best teacher on {sv['dataset'].capitalize()}: "

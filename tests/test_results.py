@@ -168,6 +168,7 @@ def test_results_table_script(tmp_path, capsys, monkeypatch):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("| data set | paper |") and out.strip() in readme.read_text()
+    assert "Produced by `make reproduce PROFILE=real TBKD_DATA_DIR=...`, run of 20" in out
     monkeypatch.setattr(sys, "argv", ["results_table.py", "--results", str(tmp_path / "none.json")])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(REPO / "scripts" / "results_table.py"), run_name="__main__")
