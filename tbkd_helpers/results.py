@@ -582,7 +582,7 @@ def readme_table(results: dict, written: str | None = None) -> str:
         notes.append(f"Cost at {s['size']} px: the student has {s['params'] / 1e6:.2f} M parameters "
                      f"({d['params'] / s['params']:.0f}× fewer than DenseNet121) and runs "
                      f"{d['latency_ms_b1'] / s['latency_ms_b1']:.0f}× faster on one CPU image.")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
