@@ -12,7 +12,7 @@ Measured side by side in this one process, at the input size of a profile (defau
    against a guide map) against one plain cross-entropy step of the same student on
    the same batch, each with backward and optimiser step; median of alternating
    repeats; the ratio (target: at most 1.25×). Measured with the Grad-CAM layer the
-   profile uses (``cam_stride``: 16, the kit's default, twice the map resolution) and
+   profile uses (``cam_stride``: 16 in quick and real, twice the map resolution; 32 in full) and
    with the other one (32, the classic last feature map): the second-order backward
    pass of the map runs through every layer after the CAM layer, so the earlier
    layer costs more;

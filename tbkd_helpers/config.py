@@ -100,10 +100,15 @@ PROFILES: dict[str, Profile] = {
         inception_size=144, teacher_epochs=10, batch_size=32, student_epochs=20,
         kfold=5,
     ),
+    # full: the paper's sizes. At 224 px the classic Grad-CAM layer (the last block, stride 32)
+    # already gives 7x7 maps (8x8 for Inception V3 at 299 px), so full uses it: the finer
+    # stride-16 layer exists for the small inputs of quick and real, and costs the student's
+    # distillation step more (its second-order backward runs through the whole last stage:
+    # benchmarks/bench_student.py measures 1.5x a CE step at stride 16, 1.02x at stride 32).
     "full": Profile(
         name="full", data="real", seg_size=256, seg_epochs=60, seg_batch_size=16, seg_decoder_channels=SMP_DECODER,
         image_size=224, inception_size=299, teacher_epochs=40, batch_size=32,
-        student_epochs=60, kfold=5,
+        student_epochs=60, kfold=5, cam_stride=32,
     ),
 }
 

@@ -38,3 +38,24 @@ def test_full_profile_trains_one_batch_of_every_model_on_cpu(arch, tmp_path):
     hist = train.fit(model, ds, ds, settings, tmp_path / arch, device="cpu", progress=False)
     assert len(hist.epoch) == 1 and hist.train_loss[0] == hist.train_loss[0]  # ran, not NaN
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "no weight moved"
+
+
+def test_full_profile_distils_at_the_classic_grad_cam_layer():
+    """At 224 px the last block (stride 32) gives 7x7 maps, so `full` uses it; the kd+cam
+    step of the student runs there and its gradient reaches the first convolution."""
+    from tbkd_helpers import cam, distill
+
+    p = config.get_profile("full", data_dir="/nowhere")
+    assert p.cam_stride == 32 and config.get_profile("real").cam_stride == 16
+    model = models.build_model(p.student, seed=0).train()
+    layer = models.target_layer(model, p.student, stride=p.cam_stride)
+    x = torch.rand(2, 1, p.image_size, p.image_size)
+    maps, _ = cam.differentiable_gradcam(model, layer, x, target_class=1)
+    assert tuple(maps.shape) == (2, 7, 7)
+    settings = distill.variant_settings("kd+cam", alpha=p.kd_alpha, beta=p.cam_beta, temperature=p.kd_temperature)
+    step = distill.make_step_loss(layer, settings)
+    batch = (x, torch.tensor([0, 1]), torch.rand(2, p.cam_size, p.cam_size), torch.randn(2, 2))
+    loss, _ = step(model, batch, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
+    loss.backward()
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.weight.grad is not None and first.weight.grad.abs().sum() > 0
