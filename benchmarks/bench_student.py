@@ -13,7 +13,7 @@ Measured side by side in this one process, at the input size of a profile (defau
    the same batch, each with backward and optimiser step; median of alternating
    repeats; the ratio (target: at most 1.25×). Measured with the Grad-CAM layer the
    profile uses (``cam_stride``: 16 in quick and real, twice the map resolution; 32 in full) and
-   with the other one (32, the classic last feature map): the second-order backward
+   with the other one (32 is the classic last feature map): the second-order backward
    pass of the map runs through every layer after the CAM layer, so the earlier
    layer costs more;
 4. the student's accuracy against the best teacher's on Shenzhen, read from
