@@ -447,8 +447,12 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSet
             t0 = time.perf_counter()
             model.train()
             total, n = 0.0, 0
-            inner = tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not progress)
-            for batch in inner:
+            # the bar counts steps; it is never handed the loader. tqdm.auto's class (with
+            # tqdm.asyncio in its bases) calls iter() on an iterable it is given, and every
+            # DataLoader iterator draws a seed from the loader's generator: the shuffles,
+            # and so the trained weights, then depended on which progress bar was in use.
+            inner = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not progress)
+            for batch in train_loader:
                 if step_loss is None:
                     x, y = _to_xy(batch, device)
                     with _autocast(device, s.amp):
@@ -465,6 +469,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSet
                 total += loss.item() * len(y)
                 n += len(y)
                 inner.set_postfix(loss=f"{total / n:.4f}", refresh=False)
+                inner.update(1)
             inner.close()
             if use_bn and s.bn_recalibrate == "epoch":
                 recalibrate_bn(model, calib_loader, device, s.bn_max_batches)

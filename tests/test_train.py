@@ -244,6 +244,32 @@ def test_sgd_cosine_label_smoothing_and_progress_bar(tmp_path, data, capsys, mon
     assert "train Tiny" in out.err  # the bar went to stderr, not into the result
 
 
+@pytest.mark.parametrize("bar", ["tqdm.asyncio", "tqdm.std"])
+def test_the_progress_bar_class_does_not_change_the_weights(tmp_path, data, monkeypatch, bar):
+    """Notebooks get tqdm.auto's class (tqdm.asyncio among its bases), headless runs
+    tqdm.std's: the trained weights must not depend on it. (They did: tqdm.asyncio
+    calls iter() on a wrapped DataLoader, which draws from the shuffle generator.)"""
+    import importlib
+
+    import tqdm.auto
+
+    train, val = data
+    settings = TrainSettings(epochs=2, batch_size=8, lr=1e-2)
+
+    def run(out):
+        torch.manual_seed(0)
+        model = Tiny()
+        hist = fit(model, train, val, settings, out, device="cpu", progress=True)
+        return hist.train_loss, [p.detach().clone() for p in model.parameters()]
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.std.tqdm)
+    ref_loss, ref_w = run(tmp_path / "std")
+    monkeypatch.setattr(tqdm.auto, "tqdm", importlib.import_module(bar).tqdm)
+    loss, w = run(tmp_path / "other")
+    assert loss == ref_loss
+    assert all(torch.equal(a, b) for a, b in zip(w, ref_w))
+
+
 # --------------------------------------------------------------------------- the BN trap
 def test_mobilenet_from_scratch_does_not_predict_one_class(tmp_path):
     """DESIGN.md: torchvision's MobileNet V3 (BN momentum 0.01) trained from scratch for a
