@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -66,12 +67,29 @@ def save_torch(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+_SHA_MEMO: dict[tuple, str] = {}
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The file's SHA-256, remembered per (path, inode, size, mtime) for this process: the
+    stages ask for the same checkpoints' hashes again and again (3.9 s of a cached chapter
+    04). A write changes the mtime, so a changed file is hashed afresh; a file written in
+    the last two seconds is not remembered (a second write within the file system's
+    timestamp granularity could otherwise keep the old mtime)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _SHA_MEMO:
+        return _SHA_MEMO[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if time.time_ns() - st.st_mtime_ns > 2_000_000_000:
+        if len(_SHA_MEMO) > 4096:
+            _SHA_MEMO.clear()
+        _SHA_MEMO[key] = digest
+    return digest
 
 
 def settings_digest(settings: dict) -> str:

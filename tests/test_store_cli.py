@@ -49,3 +49,22 @@ def test_check_data_cli(tmp_path, capsys):
     assert "CHNCXR_0003_1.png: empty file" in err and len(err.strip().splitlines()) == 1
     assert cli.main(["check-data", str(tmp_path), "--skip-bad"]) == 1
     assert "1 skipped" in capsys.readouterr().out
+
+
+def test_file_sha256_is_remembered_only_for_settled_files(tmp_path):
+    import hashlib
+    import os
+
+    p = tmp_path / "w.bin"
+    p.write_bytes(b"a" * 10)
+    assert store.file_sha256(p) == hashlib.sha256(b"a" * 10).hexdigest()
+    # rewritten in place at once, same size: a fresh file is never taken from the memo
+    p.write_bytes(b"b" * 10)
+    assert store.file_sha256(p) == hashlib.sha256(b"b" * 10).hexdigest()
+    # a settled file (mtime 10 s ago) is remembered; any later write changes the mtime
+    old = p.stat().st_mtime_ns - 10_000_000_000
+    os.utime(p, ns=(old, old))
+    first = store.file_sha256(p)
+    assert first in store._SHA_MEMO.values()
+    p.write_bytes(b"c" * 10)
+    assert store.file_sha256(p) == hashlib.sha256(b"c" * 10).hexdigest() != first
