@@ -255,6 +255,23 @@ def test_checkpoint_round_trip(model, tmp_path):
         assert torch.equal(model(x), loaded(x))
 
 
+def test_loading_builds_on_meta_and_initialises_nothing(tmp_path, monkeypatch):
+    """load_checkpoint skips the random initialisation the checkpoint overwrites."""
+    path = save_checkpoint(tmp_path / "m.pt", _cached("resnet18"), settings={})
+    calls = []
+    real = torch.Tensor.normal_
+
+    def spy(self, *args, **kwargs):
+        calls.append(self.device.type)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "normal_", spy)
+    model, _ = load_checkpoint(path)
+    assert set(calls) <= {"meta"}
+    assert all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_checkpoint_keeps_pretrained_normalisation_and_class_count(tmp_path):
     torch.save(imagenet_state("resnet18"), tmp_path / "w.pth")
     m = build_model("resnet18", num_classes=3, weights_path=tmp_path / "w.pth")
@@ -324,6 +341,63 @@ def test_expect_arch_and_missing_file(tmp_path):
         load_checkpoint(path, expect_arch="vgg16")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+# --------------------------------------------------------------------------- VGG heads
+def test_vgg_gap_head_keeps_the_convolutions_and_shrinks_the_head():
+    classic = build_model("vgg16", seed=0)
+    gap = build_model("vgg16", seed=0, vgg_head="gap")
+    assert gap.options == {"vgg_head": "gap"} and classic.options == {}
+    # the 13 convolutions (and so the Grad-CAM layer) are the same, seeded alike
+    conv_keys = [k for k in classic.state_dict() if k.startswith("net.features.")]
+    for k in conv_keys:
+        assert torch.equal(classic.state_dict()[k], gap.state_dict()[k]), k
+    assert target_layer(gap, "vgg16") is gap.net.features[29]
+    # global average pooling and 512-wide layers; classifier.6 stays the 2-class head
+    assert isinstance(gap.net.avgpool, nn.AdaptiveAvgPool2d) and gap.net.avgpool.output_size == 1
+    assert [m.out_features for m in gap.net.classifier if isinstance(m, nn.Linear)] == [512, 512, 2]
+    n_conv = sum(classic.state_dict()[k].numel() for k in conv_keys)
+    n_gap = sum(p.numel() for p in gap.parameters())
+    assert n_gap - n_conv == 512 * 512 * 2 + 512 * 2 + 2 * 512 + 2
+    assert sum(p.numel() for p in classic.parameters()) - n_conv > 100 * n_gap // 15  # 124 M
+    # He-initialised hidden layers keep the signal's scale through the head
+    feats = torch.randn(256, 512).clamp(min=0)
+    with torch.no_grad():
+        hidden = gap.net.classifier[:2](feats)
+    assert 0.3 < float(hidden.pow(2).mean() / feats.pow(2).mean()) < 3
+    with torch.no_grad():
+        assert gap.eval()(torch.rand(2, 1, 64, 64)).shape == (2, 2)
+
+
+def test_vgg_head_option_is_checked_and_ignored_by_other_archs():
+    with pytest.raises(ValueError, match="vgg_head must be one of classic, gap"):
+        build_model("vgg16", vgg_head="tiny")
+    assert build_model("resnet18", vgg_head="gap").options == {}
+
+
+def test_vgg_gap_head_with_local_imagenet_weights(tmp_path):
+    state = imagenet_state("vgg16")
+    torch.save(state, tmp_path / "vgg.pth")
+    m = build_model("vgg16", weights_path=tmp_path / "vgg.pth", vgg_head="gap")
+    assert torch.equal(m.net.features[2].weight, state["features.2.weight"])
+    assert m.net.classifier[6].out_features == 2
+
+
+def test_vgg_gap_checkpoint_round_trip_and_bad_options(tmp_path):
+    model = build_model("vgg16", seed=1, vgg_head="gap").eval()
+    path = save_checkpoint(tmp_path / "v.pt", model, settings={})
+    loaded, ckpt = load_checkpoint(path)
+    assert ckpt["options"] == {"vgg_head": "gap"} and loaded.options == {"vgg_head": "gap"}
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    raw = torch.load(path, weights_only=True)
+    for options, why in (({"vgg_head": "tiny"}, "vgg_head must be one of"),
+                         ({"width": 3}, "unknown build options")):
+        bad = tmp_path / "bad.pt"
+        torch.save({**raw, "options": options}, bad)
+        with pytest.raises(ValueError, match=f"^{bad}: {why}"):
+            load_checkpoint(bad)
 
 
 # --------------------------------------------------------------------------- batch norm
