@@ -66,9 +66,17 @@ def classifier_dataset(profile, prep: _data.Prepared, arch: str, part: str, augm
 def _fingerprint(profile, prep: _data.Prepared, arch: str) -> dict:
     """What a classifier's training depends on besides its TrainSettings."""
     ext = lungs(profile, prep, progress=False)
-    return {"size": profile.size_for(arch), "pretrained": profile.pretrained,
-            "split_sha256": store.file_sha256(prep.split_path),
-            "extraction": store.settings_digest(ext.settings)}
+    out = {"size": profile.size_for(arch), "pretrained": profile.pretrained,
+           "split_sha256": store.file_sha256(prep.split_path),
+           "extraction": store.settings_digest(ext.settings)}
+    options = {k: v for k, v in profile.model_options(arch).items() if v != "classic"}
+    return {**out, **options}  # default options leave the fingerprint (and old caches) as it was
+
+
+def new_model(profile, arch: str):
+    """A fresh, seeded classifier ``arch`` as the profile builds it (weights, VGG head)."""
+    return _models.build_model(arch, pretrained=profile.pretrained, seed=profile.seed,
+                               **profile.model_options(arch))
 
 
 def lung_masks(profile, records: Sequence[_data.Record], size: int, what: str = "lung") -> np.ndarray:
@@ -111,8 +119,7 @@ def _fit(profile, prep, arch: str, ckpt_dir: Path, settings: _train.TrainSetting
          model: torch.nn.Module | None = None, train_ds=None, extra: dict | None = None,
          step_loss=None):
     seed_everything(profile.seed)
-    model = model if model is not None else _models.build_model(arch, pretrained=profile.pretrained,
-                                                                seed=profile.seed)
+    model = model if model is not None else new_model(profile, arch)
     plain_train = classifier_dataset(profile, prep, arch, "train")
     if train_ds is None:
         train_ds = classifier_dataset(profile, prep, arch, "train", augment=True)
@@ -263,7 +270,7 @@ def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None 
                                       lr=DEFAULT_LR, seed=profile.seed,
                                       patience=max(3, profile.student_epochs // 3))
     ckpt_dir = student_dir(profile, variant, guide, cam_loss)
-    model = _models.build_model(arch, pretrained=profile.pretrained, seed=profile.seed)
+    model = new_model(profile, arch)
     if variant == "ce":
         m, hist = _fit(profile, prep, arch, ckpt_dir, t_settings, progress, model=model,
                        extra={"variant": variant})

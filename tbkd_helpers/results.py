@@ -247,7 +247,7 @@ def _train_one(profile, sub: _data.Prepared, name: str, ckpt_dir: Path, epochs: 
         arch = name
         settings = _pipe.teacher_settings(profile, arch)
         settings.epochs = epochs if epochs else settings.epochs
-    model = _models.build_model(arch, pretrained=profile.pretrained, seed=profile.seed)
+    model = _pipe.new_model(profile, arch)
     _pipe._fit(profile, sub, arch, ckpt_dir, settings, progress, model=model, extra=extra)
     return arch
 

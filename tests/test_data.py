@@ -347,6 +347,13 @@ def test_profiles():
         config.get_profile("quick", epochz=3)
 
 
+def test_profile_model_options_pick_the_vgg_head():
+    quick, real = config.get_profile("quick"), config.get_profile("real", data_dir="/x")
+    assert quick.model_options("vgg16") == {"vgg_head": "gap"}
+    assert real.model_options("vgg16") == {"vgg_head": "classic"}
+    assert quick.model_options("resnet18") == {} == real.model_options("densenet121")
+
+
 # ----------------------------------------------------------------------------- the real data
 
 @pytest.mark.realdata

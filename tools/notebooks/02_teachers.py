@@ -70,8 +70,15 @@ cells = [
       student of chapter 04.)
     - **VGG16** (Simonyan & Zisserman, 2015): the plain deep network — 13 layers of 3×3
       convolutions with max-pooling in between, then three fully connected layers; no shortcuts,
-      no batch normalisation. The simplest design here and by far the heaviest: its fully
-      connected layers alone hold most of its 134 million parameters.
+      no batch normalisation. The simplest design here and the heaviest: torchvision's VGG16 ends
+      in fully connected layers of 4096 units that hold 124 of its 134 million parameters. They
+      were made for 224-px inputs, whose last feature map is 7×7. At the `quick` profile's 64 px
+      it is 2×2, and the network copies each value into a 7×7 grid so that the 102 million
+      weights of the first layer fit; updating them made VGG16 two thirds of this chapter's time.
+      So `quick` builds VGG16 with a **small head** (`profile.vgg_head = "gap"`): the average of
+      each of the 512 channels, then the same three layers at width 512. The 13 convolutions, and
+      with them the Grad-CAM layer, are VGG16's own; the `real` and `full` profiles keep
+      torchvision's head.
 
     Every model in the kit takes the same input: **one channel** (an X-ray is grey) of values in
     [0, 1]. The first convolution is cut down to one input channel and the normalisation happens
@@ -81,13 +88,14 @@ cells = [
     code("""
     for arch in profile.teachers:
         size = profile.size_for(arch)
-        info = tk.models.model_info(tk.models.build_model(arch, pretrained=False, seed=profile.seed), size)
+        info = tk.models.model_info(tk.pipeline.new_model(profile, arch), size)
         print(f"{arch:>18}: input {size} px, {info['params']:>11,} parameters, "
               f"{info['flops'] / 1e9:6.3f} GFLOPs per image")
     """, check=True),
     md("""
     Parameters and FLOPs (floating-point operations of one forward pass, a multiply-add counted as
-    two) do not go together: VGG16 has 30 times MobileNet's parameters, DenseNet121 has fewer
+    two) do not go together: with its small head VGG16 has fewer parameters than Inception V3 but
+    six times its FLOPs (all thirteen of its convolutions are wide), and DenseNet121 has fewer
     parameters than ResNet18 but more FLOPs, because its many thin layers run at high resolution.
     FLOPs grow with the image area; the parameter count does not change with the image size.
 
@@ -173,8 +181,7 @@ cells = [
     (`make reproduce PROFILE=full`); `pretrained=True` in a profile uses ImageNet weights where
     there is internet.
 
-    Training the five (about three minutes on the `quick` profile on a 2-core CPU, VGG16 more than
-    half of it). One line appears as each teacher finishes; set `PROGRESS = True` in the parameters cell for
+    Training the five (about a minute on the `quick` profile on a 2-core CPU, VGG16 a third of it). One line appears as each teacher finishes; set `PROGRESS = True` in the parameters cell for
     progress bars per epoch (they are off by default because a cell that runs for minutes sends
     thousands of bar updates, more than a headless run such as the notebook tests keeps).
     """),

@@ -8,8 +8,8 @@ cells = [
     The paper's last step turns the five teachers of chapter 02 and their Grad-CAM maps of
     chapter 03 into one **lightweight, interpretable** TB detector. The student here is
     **MobileNet V3 Small**: 1.5 million parameters with its two-class head, a third of MobileNet V3
-    Large's and under a ninetieth of VGG16's (the table near the end); any model of the kit's
-    registry can take its place.
+    Large's and under a ninetieth of torchvision's VGG16 (a tenth of the small-headed VGG16 of the
+    `quick` profile; the table near the end); any model of the kit's registry can take its place.
 
     A teacher can pass on three things, and the student's loss has one term for each:
 
