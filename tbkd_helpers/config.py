@@ -96,9 +96,8 @@ class Profile:
 
 SMP_DECODER = (256, 128, 64, 32, 16)  # segmentation-models-pytorch's default U-Net decoder widths
 PROFILES: dict[str, Profile] = {
-    # quick: VGG16 with the "gap" head. torchvision's head (124 M weights, made for the
-    # 7x7 maps of 224 px inputs) sees a 2x2 map at 64 px; its AdamW steps made VGG16 101 s
-    # of the 158 s of quick teacher training (a step: 1.8 s classic, 0.6 s gap, batch 16).
+    # quick: VGG16 with the "gap" head (why: models.VGG_HEADS); the classic head was 101 s
+    # of the 158 s of quick teacher training.
     "quick": Profile(name="quick", data="phantom", vgg_head="gap"),
     # real: sized to the 90-minute budget of a 2-core CPU. Measured training cost per image
     # (batch 32) at 128 px: VGG16 271 ms, Inception V3 (160 px) 73, DenseNet121 65,
