@@ -444,21 +444,32 @@ def test_differentiable_gradients_flow_in_train_mode(arch):
     model, layer = _built(arch)
     hooks = _hook_count(model)
     model.train()
-    try:
-        x = _images(arch, n=2, seed=2)
-        cams, logits = cam.differentiable_gradcam(model, layer, x, target_class=torch.tensor([0, 1]),
-                                                  out_size=16)
-        assert cams.requires_grad and logits.requires_grad and cams.shape == (2, 16, 16)
-        teacher = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))
-        loss = cam.cam_loss(cams, teacher, kind="mse")
-        model.zero_grad(set_to_none=True)
-        loss.backward()
-        g = _first_conv(model, arch).weight.grad
-        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
-        assert _hook_count(model) == hooks
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.eval()
+    # Dropout draws from the global generator: without a seed of its own the maps (and
+    # this test's outcome) depended on which tests ran before it in the same process.
+    # fork_rng keeps the seed from leaking into later tests.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            x = _images(arch, n=2, seed=2)
+            cams, logits = cam.differentiable_gradcam(model, layer, x,
+                                                      target_class=torch.tensor([0, 1]), out_size=16)
+            assert cams.requires_grad and logits.requires_grad and cams.shape == (2, 16, 16)
+            # The premise: maps with more than one lit cell at the layer's resolution. An
+            # untrained net's map can be empty or a single cell (the ReLU), and min-max
+            # scaling is scale-invariant, so such a map has no gradient at all.
+            raw, _ = cam.differentiable_gradcam(model, layer, x, target_class=torch.tensor([0, 1]),
+                                                normalize=False)
+            assert ((raw.detach() > 0).flatten(1).sum(1) > 1).any()
+            teacher = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))
+            loss = cam.cam_loss(cams, teacher, kind="mse")
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            g = _first_conv(model, arch).weight.grad
+            assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+            assert _hook_count(model) == hooks
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.eval()
 
 
 def test_differentiable_frozen_teacher_and_errors():
