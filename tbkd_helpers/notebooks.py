@@ -55,14 +55,17 @@ def run_notebook(src: Path, dst: Path, parameters: dict, log_output: bool = True
 
 
 def _failed_cell(executed: Path) -> int | None:
-    """The 1-based position among code cells of the cell papermill marked as failed."""
+    """The 1-based position among the *source* notebook's code cells of the cell papermill
+    marked as failed. The executed copy also holds papermill's ``injected-parameters``
+    cell, which the reader of the source notebook never sees: it is not counted."""
     import nbformat
 
     try:
         nb = nbformat.read(str(executed), as_version=4)
     except Exception:  # noqa: BLE001 - the report is best effort
         return None
-    code = [c for c in nb.cells if c.cell_type == "code"]
+    code = [c for c in nb.cells if c.cell_type == "code"
+            and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
     for i, c in enumerate(code, 1):
         if any(o.get("output_type") == "error" for o in c.get("outputs", [])):
             return i

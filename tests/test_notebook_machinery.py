@@ -61,6 +61,22 @@ def test_failure_names_notebook_and_cell(tmp_path):
     assert "01_bad.ipynb" in msg and "cell 2" in msg and "ValueError: bad input here" in msg
 
 
+def test_failure_cell_counts_the_source_notebook_not_papermills_injected_cell(tmp_path):
+    """make reproduce always injects PROFILE: the cell number must still be the one a
+    reader of the committed notebook counts (papermill adds a cell after ``parameters``)."""
+    src = _notebook(tmp_path / "02_bad.ipynb", [("PROFILE = 'quick'", None), ("x = 1", None),
+                                                ("raise ValueError(f'bad {PROFILE}')", None)])
+    nb = nbformat.read(str(src), as_version=4)
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(nb, str(src))
+    out = tmp_path / "out" / "02_bad.ipynb"
+    with pytest.raises(notebooks.NotebookFailure) as err:
+        notebooks.run_notebook(src, out, {"PROFILE": "real"}, log_output=False)
+    executed = nbformat.read(str(out), as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    assert "cell 3" in str(err.value) and "ValueError: bad real" in str(err.value), str(err.value)
+
+
 def test_committed_notebooks_are_runnable_documents():
     """Every committed notebook: python3 kernel, a parameters cell with the fixed names,
     outputs stored with execution counts (they are what nbval compares)."""
