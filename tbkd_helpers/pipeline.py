@@ -39,14 +39,26 @@ DEFAULT_LR = 1e-3
 
 def lungs(profile, prep: _data.Prepared | None = None, progress: bool = True) -> "_seg.ExtractionResult":
     """The lung-extraction stage: the U-Net (trained once) and every record's mask and
-    lung-extracted image."""
-    man = _seg.seg_dir(profile) / "manifest.json"
-    if store.manifest_complete(man):
+    lung-extracted image.
+
+    With ``prep`` (every stage that trains on the extracted images passes it) the cached
+    extraction is used only when it is current (:func:`segmentation.extraction_current`:
+    same settings, data, split and U-Net); a changed setting redoes what depends on it.
+    Without ``prep`` (readers of a finished stage, e.g. :func:`lung_masks`) any complete
+    extraction is used, and the data are read only when there is none.
+    """
+    if prep is None:
+        if store.manifest_complete(_seg.seg_dir(profile) / "manifest.json"):
+            try:
+                return _seg.load_extraction(profile)
+            except _data.DataError:
+                pass
+        prep = _data.prepare(profile, progress=progress)
+    elif _seg.extraction_current(profile, prep):
         try:
             return _seg.load_extraction(profile)
         except _data.DataError:
             pass
-    prep = prep or _data.prepare(profile, progress=progress)
     model, _ = _seg.train_unet(profile, prep, progress=progress)
     return _seg.run_extraction(profile, prep, model, progress=progress)
 

@@ -697,6 +697,20 @@ def extraction_settings(profile, prep: Prepared, checkpoint: Path) -> dict:
             "keys": store.settings_digest(sorted(r.key for r in prep.records))}
 
 
+def extraction_current(profile, prep: Prepared) -> bool:
+    """True when the finished extraction in ``segmentation/`` is the one this profile would
+    make now: its U-Net is the checkpoint ``train_unet`` would load for these settings and
+    data (not one to retrain), and the extraction used that checkpoint, these sizes and
+    thresholds, these records and this split. Cheap: file hashes are remembered."""
+    out = seg_dir(profile)
+    ckpt, done = checkpoint_path(profile), out / "unet.json"
+    if not ckpt.is_file() or not store.manifest_complete(done, train_settings(profile, prep)):
+        return False
+    if store.file_sha256(ckpt) != store.read_json(done).get("checkpoint_sha256"):
+        return False
+    return store.manifest_complete(out / "manifest.json", extraction_settings(profile, prep, ckpt))
+
+
 def _save_png(arr: np.ndarray, path: Path) -> None:
     """An 8-bit grey PNG, written atomically."""
     with store.atomic_path(path, suffix=".png") as tmp:
@@ -932,8 +946,13 @@ def segment_files(paths: Sequence[str | os.PathLike], outdir: str | os.PathLike,
             n += 1
             stem = f"{path.stem}-{n}"
         used.add(stem)
-        prob = predict_probs(model, [img], size)[0]
-        mask, ext, info = process_image(img, prob, profile)
+        try:
+            prob = predict_probs(model, [img], size)[0]
+            mask, ext, info = process_image(img, prob, profile)
+        except (ValueError, RuntimeError) as e:  # e.g. an image too small for the network
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            results.append(Segmented(path, f"{path}: cannot segment it ({why})"))
+            continue
         mp, ep = outdir / f"{stem}_mask.png", outdir / f"{stem}_lungs.png"
         try:
             _save_png(mask.astype(np.uint8) * 255, mp)

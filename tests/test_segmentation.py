@@ -49,6 +49,7 @@ def _write_montgomery(root: Path, n: int = 12, size: int = 64, seed: int = 0) ->
 
 
 _LOAD_PAIRS = seg._load_pairs
+_PREDICT_PROBS = seg.predict_probs
 
 
 def _profile(root: Path, **kw):
@@ -415,6 +416,34 @@ def test_extraction_redone_when_settings_change(trained):
     assert store.read_json(res.manifest)["settings"]["margin"] == 0.1
 
 
+def test_pipeline_stage_redoes_a_stale_extraction(trained, monkeypatch):
+    """The stage every classifier calls (pipeline.lungs) trusts the cache only when it
+    is current: a changed extraction setting redoes the extraction, a changed U-Net
+    setting retrains the U-Net, and an unchanged profile touches nothing."""
+    from tbkd_helpers import pipeline
+
+    prof, prep, model, _ = trained
+    first = pipeline.lungs(prof, prep, progress=False)
+    assert seg.extraction_current(prof, prep)
+    before = _mtimes(first.folder)
+    monkeypatch.setattr(seg, "predict_probs", lambda *a, **k: pytest.fail("redid a current extraction"))
+    again = pipeline.lungs(prof, prep, progress=False)
+    assert again.entries == first.entries and _mtimes(first.folder) == before
+    monkeypatch.setattr(seg, "predict_probs", _PREDICT_PROBS)
+    wider = prof.replace(seg_margin=0.1)
+    assert not seg.extraction_current(wider, prep)
+    res = pipeline.lungs(wider, prep, progress=False)
+    assert res.computed == len(prep.records) and res.settings["margin"] == 0.1
+    longer = wider.replace(seg_epochs=wider.seg_epochs + 1)
+    assert not seg.extraction_current(longer, prep)
+    trainings = []
+    monkeypatch.setattr(seg, "_load_pairs", lambda *a, **k: trainings.append(1) or _LOAD_PAIRS(*a, **k))
+    res = pipeline.lungs(longer, prep, progress=False)
+    assert trainings and res.computed == len(prep.records)
+    assert store.read_json(seg.seg_dir(longer) / "unet.json")["settings"]["epochs"] == longer.seg_epochs
+    assert seg.extraction_current(longer, prep)
+
+
 # ---------------------------------------------------------------------------- tbkd segment
 
 def test_segment_files_good_corrupt_and_folder(trained, tmp_path):
@@ -441,6 +470,13 @@ def test_segment_files_good_corrupt_and_folder(trained, tmp_path):
         stem = Path(name).stem
         assert (out / f"{stem}_mask.png").is_file() and (out / f"{stem}_lungs.png").is_file()
     assert not (out / "corrupt_mask.png").exists()
+    # a one-pixel "X-ray" is readable; it is segmented (whole image, with a note) or gets
+    # its own one-line error, never a traceback that stops the other files
+    speck = tmp_path / "speck.png"
+    Image.fromarray(np.full((1, 1), 128, np.uint8)).save(speck)
+    (res,) = seg.segment_files([speck], out, None, prof)
+    assert (res.error is None and res.note and res.mask.is_file()) or \
+        (res.error.startswith(str(speck)) and "\n" not in res.error), res
     ok = [r for r in results if r.error is None]
     assert all(r.mask.is_file() and r.extracted.is_file() for r in ok)
 
@@ -452,11 +488,8 @@ def test_segment_files_without_checkpoint(tiny, tmp_path):
 
 
 def test_cli_segment(trained, tmp_path, monkeypatch, capsys):
-    cli = pytest.importorskip("tbkd_helpers.cli")
-    parser = cli.build_parser()
-    sub = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
-    if not sub or "segment" not in sub[0].choices:
-        pytest.skip("tbkd segment is not wired into the CLI yet")
+    from tbkd_helpers import cli
+
     prof, prep, _, _ = trained
     # the command uses the quick profile's checkpoint unless told otherwise: put ours there
     quick = config.get_profile("quick")
@@ -475,3 +508,29 @@ def test_cli_segment(trained, tmp_path, monkeypatch, capsys):
     assert [line for line in err.splitlines() if str(corrupt) in line]
     for p in (good, prep.records[1].path):
         assert (out / f"{p.stem}_mask.png").is_file() and (out / f"{p.stem}_lungs.png").is_file()
+
+
+# ---------------------------------------------------------------------------- the benchmark
+
+def test_segmentation_benchmark_runs_on_xrays(trained, tmp_path, monkeypatch):
+    """benchmarks/bench_segmentation.py times the pipeline on chest X-rays (the profile's
+    own when present), with the trained U-Net, and records how many fell back."""
+    import importlib.util
+
+    prof, prep, _, _ = trained
+    spec = importlib.util.spec_from_file_location("bench_segmentation",
+                                                  Path(__file__).resolve().parents[1] / "benchmarks" / "bench_segmentation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    images, source = bench._inputs(prof, 3, 64)
+    assert len(images) == 3 and str(prof.data_dir) in source
+    assert all(im.shape == (64, 64) and im.dtype == np.float32 for im in images)
+    phantoms, source = bench._inputs(config.get_profile("quick"), 2, 64)
+    assert len(phantoms) == 2 and "phantom" in source
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(config, "get_profile", lambda name, **kw: prof.replace(**kw))
+    assert bench.main(["--profile", "real", "--repeats", "1", "--batch-sizes", "2"]) == 0
+    out = json.loads((tmp_path / "benchmarks" / "out" / "segmentation_real.json").read_text())
+    assert out["weights"].endswith("unet.pt") and str(prof.data_dir) in out["inputs"]
+    pipe = [r for r in out["runs"] if r["what"] == "pipeline"]
+    assert pipe and pipe[0]["images_per_s"] > 0 and 0 <= pipe[0]["fallbacks"] <= 2
