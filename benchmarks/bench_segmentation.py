@@ -8,11 +8,17 @@ Measures, at the profile's ``seg_size`` and with its encoder:
 - ``unet``: the U-Net's forward pass alone (input already resized, no gradients);
 - ``pipeline``: what ``run_extraction`` does per image after decoding the file: resize,
   U-Net, probability back to the mask's resolution, post-processing, plausibility,
-  lung extraction to ``extract_size`` — on ``--image-size``² inputs (299 px: the data
-  copy in ../shared/data).
+  lung extraction to ``extract_size``.
 
-The weights do not change the cost: the profile's trained checkpoint is used when it
-exists, else an untrained U-Net of the same shape. Results are printed and written to
+The pipeline runs on chest X-rays, not noise: a mask judged implausible skips the
+dilation and the crop (the whole image is resized instead), so noise would time the
+cheap path. Inputs are the profile's own images when its data folder is there (real
+and full: ``TBKD_DATA_DIR`` or ../shared/data, 299 px in that copy), else phantom X-rays
+of ``--image-size`` px; the share of inputs that fell back is printed and saved with
+the figures. The U-Net's weights do not change the network's cost, but they decide
+that share: the profile's trained checkpoint is used when it exists, else an untrained
+U-Net of the same shape (then nearly every mask falls back: train it first, with
+notebook 01 or ``make reproduce``). Results are printed and written to
 ``benchmarks/out/segmentation_<profile>.json``. Not a test: numbers depend on the machine
 and on what else runs on it (the median of ``--repeats`` timed runs is reported). With
 other jobs on the cores, two torch threads can be much slower than one (OpenMP threads
@@ -51,10 +57,10 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="torch thread counts to measure, e.g. 1 2 (default: torch's choice)")
-    ap.add_argument("--image-size", type=int, default=299, help="side of the input images of the pipeline run")
+    ap.add_argument("--image-size", type=int, default=299,
+                    help="side of the phantom X-rays used when the profile's data are absent")
     args = ap.parse_args(argv)
 
-    import numpy as np
     import torch
 
     from tbkd_helpers import config, segmentation as seg
@@ -67,16 +73,17 @@ def main(argv=None) -> int:
     else:
         model = seg.build_unet(profile.seg_encoder, decoder_channels=profile.seg_decoder_channels).eval()
         size, weights = profile.seg_size, "untrained (no checkpoint)"
-    rng = np.random.default_rng(0)
+    images, source = _inputs(profile, max(args.batch_sizes), args.image_size)
     results = {"profile": profile.name, "encoder": profile.seg_encoder, "seg_size": size,
                "decoder_channels": list(profile.seg_decoder_channels), "weights": weights,
                "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-               "cpu_count": os.cpu_count(), "runs": []}
+               "cpu_count": os.cpu_count(), "inputs": source, "runs": []}
     print(f"U-Net ({profile.seg_encoder}) at {size} px, weights: {weights}")
+    print(f"pipeline inputs: {source}")
     for threads in args.threads or [torch.get_num_threads()]:
         torch.set_num_threads(threads)
         print(f" {threads} torch thread(s):")
-        _measure(model, size, profile, args, rng, results, threads)
+        _measure(model, size, profile, args, images, results, threads)
     out = ROOT / "benchmarks" / "out" / f"segmentation_{profile.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -84,8 +91,25 @@ def main(argv=None) -> int:
     return 0
 
 
-def _measure(model, size, profile, args, rng, results, threads) -> None:
+def _inputs(profile, n: int, phantom_size: int) -> tuple[list, str]:
+    """``n`` chest X-rays as float images: the profile's own data when present, else phantoms."""
     import numpy as np
+
+    from tbkd_helpers import data, phantom
+
+    if profile.data == "real" and profile.data_dir and Path(profile.data_dir).is_dir():
+        records = data.discover(profile.data_dir, check_images=False)
+        step = max(1, len(records) // n)  # spread over the data sets and both classes
+        picked = records[::step][:n]
+        images = [data.read_image(r.path) for r in picked]
+        shapes = sorted({im.shape for im in images})
+        return images, f"{len(images)} images of {profile.data_dir} (shapes {shapes})"
+    rng = np.random.default_rng(0)
+    images = [phantom.make_phantom(rng, size=phantom_size, label=i % 2).image for i in range(n)]
+    return images, f"{n} phantom X-rays of {phantom_size} px (no data folder for profile {profile.name})"
+
+
+def _measure(model, size, profile, args, images, results, threads) -> None:
     import torch
 
     from tbkd_helpers import segmentation as seg
@@ -101,18 +125,20 @@ def _measure(model, size, profile, args, rng, results, threads) -> None:
         results["runs"].append({"what": "unet", "threads": threads, "batch": bs, "seconds_per_batch": sec,
                                 "images_per_s": bs / sec})
         print(f"  unet      batch {bs:3d}: {bs / sec:7.1f} images/s ({1000 * sec / bs:6.1f} ms/image)")
-        imgs = [rng.random((args.image_size, args.image_size), dtype=np.float32) * 0.3 + 0.35 for _ in range(bs)]
+        imgs = images[:bs]
+        fallbacks = []
 
         def pipeline():
             probs = seg.predict_probs(model, imgs, size, batch_size=bs)
-            for im, p in zip(imgs, probs):
-                seg.process_image(im, p, profile)
+            fallbacks[:] = [seg.process_image(im, p, profile)[2]["fallback"] for im, p in zip(imgs, probs)]
 
         sec = _time(pipeline, args.repeats)
-        results["runs"].append({"what": "pipeline", "threads": threads, "batch": bs, "image_size": args.image_size,
-                                "seconds_per_batch": sec, "images_per_s": bs / sec})
+        results["runs"].append({"what": "pipeline", "threads": threads, "batch": bs,
+                                "image_shape": list(imgs[0].shape), "seconds_per_batch": sec,
+                                "images_per_s": bs / sec, "fallbacks": int(sum(fallbacks))})
         print(f"  pipeline  batch {bs:3d}: {bs / sec:7.1f} images/s ({1000 * sec / bs:6.1f} ms/image, "
-              f"{args.image_size} px inputs)")
+              f"{imgs[0].shape[0]}x{imgs[0].shape[1]} px inputs; {sum(fallbacks)} of {bs} fell back "
+              "to the whole image)")
 
 
 if __name__ == "__main__":
