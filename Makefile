@@ -50,6 +50,6 @@ bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf artifacts runs results/*/figures .pytest_cache build dist *.egg-info
+	rm -rf artifacts runs results/*/figures results/quick benchmarks/out .pytest_cache build dist *.egg-info
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 	find notebooks -name .ipynb_checkpoints -prune -exec rm -rf {} +

@@ -1,6 +1,6 @@
 """The ``tbkd`` command.
 
-    tbkd reproduce [--profile quick|real|full] [--data-dir DIR]   run every notebook headlessly
+    tbkd reproduce [--profile quick|real|full] [--data-dir DIR] [--skip-bad]   run every notebook headlessly
     tbkd check-data DIR [--skip-bad]                                read a data folder, report it
     tbkd phantoms OUTDIR [--shenzhen N] [--montgomery N] [--size PX] [--seed S]
     tbkd segment IMAGE|DIR... -o OUTDIR [--checkpoint UNET] [--profile P]   lung masks and extracted lungs
@@ -25,7 +25,7 @@ def _reproduce(args) -> int:
     from .notebooks import NotebookFailure, reproduce
 
     try:
-        times = reproduce(args.profile, data_dir=args.data_dir, out_dir=args.out)
+        times = reproduce(args.profile, data_dir=args.data_dir, out_dir=args.out, skip_bad=args.skip_bad)
     except NotebookFailure as err:
         print(f"tbkd reproduce: {err}", file=sys.stderr)
         return 1
@@ -382,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default="quick", choices=("quick", "real", "full"))
     r.add_argument("--data-dir", default=None, help="NLM data folder (default: $TBKD_DATA_DIR)")
     r.add_argument("--out", type=Path, default=None, help="folder for executed copies (default runs/<profile>)")
+    r.add_argument("--skip-bad", action="store_true",
+                   help="leave bad data files out instead of stopping (sets TBKD_SKIP_BAD=1 for the notebooks); "
+                        "each notebook prints what was skipped, listed in artifacts/<profile>/skipped.json")
     r.set_defaults(func=_reproduce)
 
     c = sub.add_parser("check-data", help="read a data folder in any supported layout and report it")

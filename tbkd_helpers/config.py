@@ -32,6 +32,8 @@ class Profile:
     data_dir: Path | None = None
     seed: int = 0
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    skip_bad: bool = False  # leave bad data files out (listed in artifacts' skipped.json) instead of
+    # stopping at the first; default from TBKD_SKIP_BAD (``tbkd reproduce --skip-bad`` sets it)
     # phantom data (quick profile)
     phantom_size: int = 128
     phantom_counts: dict = field(default_factory=lambda: {"shenzhen": 120, "montgomery": 60})
@@ -138,8 +140,24 @@ def results_dir(profile_name: str) -> Path:
     return (Path(base).expanduser() if base else REPO_ROOT / "results") / profile_name
 
 
+_TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
+
+
+def env_skip_bad() -> bool:
+    """``TBKD_SKIP_BAD`` as a bool: "1", "true", "yes" are True; unset, "", "0", "false",
+    "no" are False; anything else is an error (a typo must not pass as False)."""
+    raw = os.environ.get("TBKD_SKIP_BAD", "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"TBKD_SKIP_BAD={os.environ['TBKD_SKIP_BAD']!r}: expected 1/true/yes or 0/false/no")
+
+
 def get_profile(name: str = "quick", data_dir: str | os.PathLike | None = None, **overrides) -> Profile:
     """The named profile, with ``data_dir`` resolved and any field overridden.
+
+    ``skip_bad``, unless given, comes from the environment variable ``TBKD_SKIP_BAD``.
 
     >>> get_profile("quick", teacher_epochs=1).teacher_epochs
     1
@@ -156,6 +174,8 @@ def get_profile(name: str = "quick", data_dir: str | os.PathLike | None = None, 
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Profile)}
     if unknown:
         raise ValueError(f"unknown profile setting(s): {', '.join(sorted(unknown))}")
+    if "skip_bad" not in overrides:
+        overrides["skip_bad"] = env_skip_bad()
     return dataclasses.replace(prof, data_dir=Path(data_dir), **overrides)
 
 

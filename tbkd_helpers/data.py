@@ -5,7 +5,8 @@ set's own folder, or its ``CXR_png`` folder):
 
 - Shenzhen: ``ChinaSet_AllFiles/CXR_png/CHNCXR_NNNN_L.png``; the public Shenzhen lung
   masks ``CHNCXR_NNNN_L_mask.png`` in a ``mask/`` (or ``masks/``) folder beside
-  ``CXR_png`` or beside the set's folder.
+  ``CXR_png`` or beside the set's folder (Montgomery masks ``MCUCXR_*`` that some bundles
+  keep in the same folder are left to their own set).
 - Montgomery: ``MontgomerySet/CXR_png/MCUCXR_NNNN_L.png`` with
   ``ManualMask/leftMask/`` and ``ManualMask/rightMask/`` (same file names).
 - Folder-per-class: ``<root>/<class>/*.png|jpg`` with class folders such as
@@ -15,7 +16,9 @@ set's own folder, or its ``CXR_png`` folder):
 
 ``L`` in a file name is the label: ``0`` normal, ``1`` tuberculosis. Every image is read
 as a single-channel ``float32`` array in [0, 1] whatever its bit depth, colour mode,
-format or size. Bad input raises :class:`DataError` with one line that names the file.
+format or size. Bad input raises :class:`DataError` with one line that names the file:
+a corrupt image or mask, a mask without its image, a subfolder holding images (they
+would not be read), ... ``scan(..., skip_bad=True)`` lists them instead.
 """
 from __future__ import annotations
 
@@ -31,8 +34,9 @@ from PIL import Image, UnidentifiedImageError
 from . import store
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Files an operating system leaves in folders; they are ignored, never read as images.
-JUNK_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
+# Files and folders an operating system or tool leaves behind (and any name starting with
+# "."); they are ignored, never read as images.
+JUNK_NAMES = {"thumbs.db", "desktop.ini", ".ds_store", "__macosx"}
 CLASS_NAMES = {
     "normal": 0, "negative": 0, "healthy": 0, "0": 0,
     "tuberculosis": 1, "tb": 1, "positive": 1, "abnormal": 1, "1": 1,
@@ -221,8 +225,9 @@ def scan(root: str | Path, check_images: bool = True, skip_bad: bool = False) ->
 
     With ``skip_bad=True`` a bad file is left out and listed in ``Scan.skipped`` with
     its reason (print ``Scan.report()``); otherwise the first one raises DataError.
-    ``check_images`` decodes every image once so that a truncated file is caught here
-    rather than in the middle of training.
+    ``check_images`` decodes every image and every lung or lesion mask once so that a
+    truncated file is caught here rather than in the middle of training; a record whose
+    image or mask is bad is left out as a whole (with ``skip_bad``).
     """
     root = Path(root).expanduser().absolute()
     if not root.exists():
@@ -246,18 +251,41 @@ def scan(root: str | Path, check_images: bool = True, skip_bad: bool = False) ->
     if check_images:
         good = []
         for rec in records:
-            try:
-                check_image(rec.path)
-            except DataError as err:
-                bad(rec.path, str(err).split(": ", 1)[1] if ": " in str(err) else str(err))
-                continue
-            good.append(rec)
+            for path in (rec.path, *_mask_paths(rec)):
+                try:
+                    check_image(path)
+                except DataError as err:
+                    bad(path, _reason(err))
+                    break
+            else:
+                good.append(rec)
         records = good
     if not records:
         raise DataError(f"{root}: no chest X-ray images found (expected ChinaSet_AllFiles/CXR_png, "
                         "MontgomerySet/CXR_png, or one folder per class such as normal/ and tuberculosis/)")
     records.sort(key=lambda r: r.key)
     return Scan(root=root, records=records, skipped=skipped)
+
+
+def _mask_paths(rec: Record) -> list[Path]:
+    """The record's mask files (lung and lesion masks) that exist."""
+    return [p for p in (rec.left_mask, rec.right_mask, rec.mask, rec.lesion_mask) if p is not None]
+
+
+def _reason(err: DataError) -> str:
+    """A DataError's message without its leading path."""
+    text = str(err)
+    return text.split(": ", 1)[1] if ": " in text else text
+
+
+def _unread_subfolders(folder: Path, bad) -> None:
+    """Report each subfolder of ``folder`` holding image files: they would not be read."""
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not _is_junk(p)):
+        n = sum(1 for f in sub.rglob("*")
+                if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+                and not any(_is_junk(part) for part in f.relative_to(sub).parts))
+        if n:
+            bad(sub, f"{n} image(s) in a subfolder are not read; move them up into {folder}")
 
 
 def _find_nlm_sets(root: Path) -> list[tuple[str, Path]]:
@@ -280,14 +308,16 @@ def _find_nlm_sets(root: Path) -> list[tuple[str, Path]]:
     return []
 
 
-def _is_junk(p: Path) -> bool:
-    return p.name.startswith(".") or p.name.lower() in JUNK_NAMES
+def _is_junk(p: Path | str) -> bool:
+    name = p if isinstance(p, str) else p.name
+    return name.startswith(".") or name.lower() in JUNK_NAMES
 
 
 def _scan_nlm_set(name: str, folder: Path, bad) -> list[Record]:
     cxr = folder / "CXR_png"
     if not cxr.is_dir():
         raise DataError(f"{cxr}: folder not found (the {SET_FOLDERS[name]} layout keeps its images there)")
+    _unread_subfolders(cxr, bad)
     files = sorted(p for p in cxr.iterdir() if p.is_file() and not _is_junk(p))
     if not files:
         raise DataError(f"{cxr}: folder is empty")
@@ -320,12 +350,20 @@ def _scan_nlm_set(name: str, folder: Path, bad) -> list[Record]:
         kw["lesion_mask"] = _existing(lesion_dir / path.name)
         records.append(Record(key=f"{name}/{path.stem}", path=path, dataset=name,
                               label=int(m["label"]), patient_id=m["pid"], **kw))
-    # a mask whose image is not there is an error too: something was lost or misnamed
-    for kind, mdir in masks.items():
+    # a mask whose image is not there is an error too: something was lost or misnamed.
+    # The combined mask folder of some public bundles also holds the other set's masks
+    # (MCUCXR_* beside CHNCXR_*): those belong to the other set and are not looked at.
+    others = tuple(f"{p}_" for p, s in _PREFIX_SET.items() if s != name)
+    mask_dirs = dict(masks)
+    if lesion_dir.is_dir():
+        mask_dirs["lesion"] = lesion_dir
+    for kind, mdir in mask_dirs.items():
         if mdir is None:
             continue
         for mp in sorted(mdir.iterdir()):
             if not mp.is_file() or _is_junk(mp):
+                continue
+            if kind == "combined" and mp.name.startswith(others):
                 continue
             stem = mp.stem[:-5] if mp.stem.endswith("_mask") else mp.stem
             if stem not in stems and not (cxr / f"{stem}.png").exists():
@@ -365,6 +403,7 @@ def _scan_class_folders(root: Path, bad) -> list[Record]:
         if label is None:
             raise DataError(f"{cdir}: unknown class folder '{cdir.name}' "
                             f"(known: {', '.join(sorted(CLASS_NAMES))})")
+        _unread_subfolders(cdir, bad)
         files = sorted(p for p in cdir.iterdir() if p.is_file() and not _is_junk(p))
         if not files:
             raise DataError(f"{cdir}: folder is empty")
@@ -585,6 +624,10 @@ def prepare(profile, progress: bool = True) -> Prepared:
     A real-data split that no longer matches the files raises DataError (never a
     silent re-split: test images must stay test images). A phantom split is remade
     when the phantoms were regenerated with other settings, since the kit made both.
+
+    A bad file raises DataError, unless ``profile.skip_bad`` (``TBKD_SKIP_BAD=1``,
+    ``tbkd reproduce --skip-bad``): then it is left out, the scan's report is printed and
+    the list is saved as ``skipped.json`` in the profile's artifacts.
     """
     if profile.data == "phantom":
         from .phantom import write_phantom_sets
@@ -593,7 +636,14 @@ def prepare(profile, progress: bool = True) -> Prepared:
                            size=profile.phantom_size, seed=profile.seed,
                            difficulty=profile.phantom_difficulty, progress=progress)
     root = Path(profile.data_dir)
-    records = discover(root)
+    found = scan(root, skip_bad=profile.skip_bad)
+    records = found.records
+    skipped_path = profile.artifacts / "skipped.json"
+    if found.skipped:
+        print(found.report())
+        store.write_json(skipped_path, [{"path": str(p), "reason": why} for p, why in found.skipped])
+    elif skipped_path.exists():
+        skipped_path.unlink()  # from an earlier run: nothing is skipped now
     split_path = profile.artifacts / "splits.json"
     if split_path.exists():
         try:

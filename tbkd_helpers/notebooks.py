@@ -88,15 +88,20 @@ def declared_parameters(path: Path) -> set[str]:
 
 
 def reproduce(profile: str = "quick", data_dir: str | None = None, out_dir: Path | None = None,
-              notebooks: list[Path] | None = None, log_output: bool = True) -> dict[str, float]:
+              notebooks: list[Path] | None = None, log_output: bool = True,
+              skip_bad: bool = False) -> dict[str, float]:
     """Execute every numbered notebook for ``profile``; return {notebook: seconds}.
 
+    ``skip_bad`` sets ``TBKD_SKIP_BAD=1``, which the kernels inherit: bad data files are
+    left out and listed (``artifacts/<profile>/skipped.json``) instead of stopping the run.
     Raises :class:`NotebookFailure` at the first notebook that fails.
     """
     import os
 
     out_dir = Path(out_dir) if out_dir else REPO_ROOT / "runs" / profile
     os.environ.setdefault("TBKD_PROGRESS", "text")  # the kernels inherit it: text progress bars
+    if skip_bad:
+        os.environ["TBKD_SKIP_BAD"] = "1"
     params = {"PROFILE": profile}
     if data_dir:
         params["DATA_DIR"] = str(Path(data_dir).expanduser().absolute())

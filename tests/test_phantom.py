@@ -95,6 +95,26 @@ def test_lungs_darker_than_mediastinum_and_body_brighter_than_air():
     assert np.mean(lung_means) < np.mean(belly_means)
 
 
+def test_lesions_lie_mostly_in_the_upper_lung_zones():
+    """The generator weights lesion centres to the upper third of the lungs (1 : 0.3 : 0.1
+    by thirds of lung height): over a seeded batch of TB phantoms most lesion pixels lie
+    above the lung fields' vertical midline, and a larger share than the lung tissue
+    itself (lesions placed uniformly in the lungs would match the lungs' share)."""
+    lesion_up = lesion_all = lung_up = lung_all = 0
+    for seed in range(24):
+        ph = _ph(1000 + seed, label=1, size=64)
+        lung = ph.left_lung | ph.right_lung
+        rows = np.nonzero(lung.any(axis=1))[0]
+        mid = (rows.min() + rows.max()) / 2
+        r = np.nonzero(ph.lesions)[0]
+        lesion_up, lesion_all = lesion_up + (r < mid).sum(), lesion_all + r.size
+        r = np.nonzero(lung)[0]
+        lung_up, lung_all = lung_up + (r < mid).sum(), lung_all + r.size
+    share, lung_share = lesion_up / lesion_all, lung_up / lung_all
+    assert share > 0.5, share
+    assert share > lung_share, (share, lung_share)
+
+
 def test_difficulty_is_monotone():
     def strength(difficulty):
         vals = []
@@ -284,3 +304,32 @@ def test_labels_alternate_and_balance():
     labels = [P.phantom_label(i) for i in range(1, 12)]
     assert labels[:4] == [0, 1, 0, 1] and sum(labels) == 5
     assert os.fspath(P.MANIFEST) == "PHANTOM.json"
+
+
+def test_phantom_trees_read_by_the_data_layer(written):
+    """The phantom sets go through ``data.discover`` like real data, keeping every mask."""
+    from tbkd_helpers import data
+
+    recs = data.discover(written)
+    assert len(recs) == sum(COUNTS.values())
+    assert {r.dataset: sum(x.dataset == r.dataset for x in recs) for r in recs} == COUNTS
+    for rec in recs:
+        assert rec.lesion_mask is not None and rec.lesion_mask.parent.name == "LesionMask"
+        assert rec.lesion_mask.name == rec.path.name and rec.has_lung_mask
+        lesions = data.lesion_mask(rec)
+        lungs = data.lung_mask(rec)
+        assert lesions.shape == lungs.shape == (64, 64)
+        assert lesions.any() == (rec.label == 1)
+        assert not (lesions & ~lungs).any()
+        if rec.dataset == "shenzhen":  # one combined mask, as the public Shenzhen masks
+            assert rec.mask is not None and rec.left_mask is None and rec.right_mask is None
+            assert rec.mask.name == f"{rec.path.stem}_mask.png"
+        else:  # left and right, as Montgomery's ManualMask
+            assert rec.mask is None and rec.left_mask.parent.name == "leftMask"
+            assert rec.right_mask.parent.name == "rightMask"
+            left, right = data.lung_mask(rec, side="left"), data.lung_mask(rec, side="right")
+            assert left.any() and right.any() and not (left & right).any()
+    rec = next(r for r in recs if r.key == "montgomery/MCUCXR_0002_1")
+    ph = make_phantom(P.phantom_rng(3, "montgomery", 2), size=64, label=1)
+    np.testing.assert_array_equal(data.lesion_mask(rec), ph.lesions)
+    np.testing.assert_array_equal(data.lung_mask(rec, side="left"), ph.left_lung)
