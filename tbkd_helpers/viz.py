@@ -229,21 +229,25 @@ def segmentation_overlays(cases: Sequence[dict], ncols: int = 4, title: str | No
     return fig
 
 
-def dice_distribution(table, title: str = "Dice per test image"):
-    """Each test image's Dice as a dot, one row per data set, with the mean marked."""
+def dice_distribution(table, title: str = "Dice and IoU per test image"):
+    """Each test image's Dice and IoU as dots, one row per data set, with the means marked."""
     groups = sorted(table["dataset"].unique())
-    fig, ax = plt.subplots(figsize=(6.0, 0.6 + 0.55 * max(1, len(groups))))
-    rng = np.random.default_rng(0)
-    for i, ds in enumerate(groups):
-        d = table.loc[table["dataset"] == ds, "dice"].to_numpy()
-        ax.scatter(d, i + rng.uniform(-0.15, 0.15, len(d)), s=12, alpha=0.7)
-        ax.plot([d.mean()] * 2, [i - 0.3, i + 0.3], color="black", lw=1.5)
-        ax.annotate(f"mean {d.mean():.3f}", (d.mean(), i + 0.32), fontsize=7, ha="center")
-    ax.set_yticks(range(len(groups)), groups)
-    ax.set_ylim(-0.6, len(groups) - 0.3)
-    ax.set_xlabel("Dice (1 = perfect overlap with the manual mask)")
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_title(title)
+    measures = [m for m in ("dice", "iou") if m in table]
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 0.8 + 0.55 * max(1, len(groups))),
+                             sharey=True, squeeze=False)
+    labels = {"dice": "Dice", "iou": "IoU"}
+    for ax, m in zip(axes[0], measures):
+        rng = np.random.default_rng(0)  # the same jitter in both panels: a dot is one image
+        for i, ds in enumerate(groups):
+            d = table.loc[table["dataset"] == ds, m].to_numpy()
+            ax.scatter(d, i + rng.uniform(-0.15, 0.15, len(d)), s=12, alpha=0.7, color=f"C{i}")
+            ax.plot([d.mean()] * 2, [i - 0.3, i + 0.3], color="black", lw=1.5)
+            ax.annotate(f"mean {d.mean():.3f}", (d.mean(), i + 0.32), fontsize=7, ha="center")
+        ax.set_xlabel(f"{labels[m]} (1 = perfect overlap with the manual mask)", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(range(len(groups)), groups)
+    axes[0, 0].set_ylim(-0.6, len(groups) - 0.3)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

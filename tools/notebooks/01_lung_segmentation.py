@@ -171,7 +171,8 @@ cells = [
     tk.viz.save_figure(fig, profile, "01_dice_per_image");
     """),
     md("""
-    Every dot is one test image. The mean hides the tail: the gallery below shows the best and the
+    Every dot is one test image, at the same height in both panels; IoU sits below Dice for the
+    same mask (Dice = 2 IoU / (1 + IoU)). The mean hides the tail: the gallery below shows the best and the
     worst cases, with the U-Net's outline (orange, dashed) over the manual one (cyan). Look at
     *where* the worst masks go wrong — usually at the bottom of the lungs, behind the heart and the
     diaphragm, where even annotators disagree.
@@ -281,15 +282,21 @@ cells = [
         print(f"  {key}: {why}")
     """, check=True),
     md("""
-    ### Shenzhen: predictions without an answer key
+    ### Shenzhen: a second hospital, often without an answer key
 
-    In the `real` profile no Shenzhen image has a manual mask, so there is no Dice to compute: the
-    only check is to look. The masks below come from a U-Net that has never seen a Shenzhen image
-    (it trained on Montgomery's) — a different hospital, scanner and population. Look for masks that
-    stop short of the lung apex or the costophrenic angles, or that spill into the heart.
+    The NLM's Shenzhen download has no manual lung masks. In the `real` profile (unless you added
+    the public Shenzhen masks in a `mask/` folder) there is therefore no Dice to compute for
+    Shenzhen: the only check is to look, and the U-Net learned from Montgomery's masks alone, so
+    these are films from a hospital, scanner and population it has never seen. Look for masks that
+    stop short of the lung apex or the costophrenic angles, or that spill into the heart. The
+    phantoms of the `quick` profile carry masks for both sets: there the U-Net trained on both, and
+    the manual outline is drawn too. The line printed below says which case you are reading.
     """),
     code("""
     shenzhen = prep.part("test", "shenzhen")[: 2 * GALLERY_N]
+    trained_on = sum(r.dataset == "shenzhen" for r in parts["train"])  # parts: images with masks
+    print(f"the U-Net trained on {trained_on} Shenzhen masks; of the {len(shenzhen)} Shenzhen test "
+          f"images below, {sum(r.has_lung_mask for r in shenzhen)} have a manual mask")
     if shenzhen:
         fig = tk.viz.segmentation_overlays(seg.overlay_cases(model, shenzhen, profile), title="Shenzhen test images")
         tk.viz.save_figure(fig, profile, "01_shenzhen");
