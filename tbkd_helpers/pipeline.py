@@ -41,12 +41,16 @@ def lungs(profile, prep: _data.Prepared | None = None, progress: bool = True) ->
     """The lung-extraction stage: the U-Net (trained once) and every record's mask and
     lung-extracted image.
 
-    With ``prep`` (every stage that trains on the extracted images passes it) the cached
-    extraction is used only when it is current (:func:`segmentation.extraction_current`:
-    same settings, data, split and U-Net); a changed setting redoes what depends on it.
-    Without ``prep`` (readers of a finished stage, e.g. :func:`lung_masks`) any complete
-    extraction is used, and the data are read only when there is none.
+    With the profile's own ``prep`` (every chapter passes it) the cached extraction is
+    used only when it is current (:func:`segmentation.extraction_current`: same settings,
+    data, split and U-Net); a changed setting redoes what depends on it. The extraction
+    belongs to the profile's saved split: a ``prep`` with another split (a k-fold or
+    cross-data-set run, see ``results``) and no ``prep`` at all (readers of a finished
+    stage, e.g. :func:`lung_masks`) use the complete extraction that is there, and read
+    the profile's data only when there is none.
     """
+    if prep is not None and Path(prep.split_path).absolute() != (profile.artifacts / "splits.json").absolute():
+        prep = None  # a derived split: never retrain the U-Net or re-extract for it
     if prep is None:
         if store.manifest_complete(_seg.seg_dir(profile) / "manifest.json"):
             try:

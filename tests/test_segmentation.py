@@ -429,6 +429,17 @@ def test_pipeline_stage_redoes_a_stale_extraction(trained, monkeypatch):
     monkeypatch.setattr(seg, "predict_probs", lambda *a, **k: pytest.fail("redid a current extraction"))
     again = pipeline.lungs(prof, prep, progress=False)
     assert again.entries == first.entries and _mtimes(first.folder) == before
+    # a k-fold or cross-data-set run passes the same records with another split: it
+    # uses the profile's extraction, never retrains the U-Net or re-extracts for it
+    fold_split = prep.split.__class__(train=prep.split.test, val=prep.split.val, test=prep.split.train,
+                                      seed=prep.split.seed, fractions=prep.split.fractions)
+    store.write_json(first.folder.parent / "fold" / "split.json", {"train": fold_split.train})
+    fold = data.Prepared(root=prep.root, records=prep.records, split=fold_split,
+                         split_path=first.folder.parent / "fold" / "split.json")
+    monkeypatch.setattr(seg, "_load_pairs", lambda *a, **k: pytest.fail("retrained the U-Net for a fold"))
+    assert pipeline.lungs(prof, fold, progress=False).entries == first.entries
+    assert _mtimes(first.folder) == before
+    monkeypatch.setattr(seg, "_load_pairs", _LOAD_PAIRS)
     monkeypatch.setattr(seg, "predict_probs", _PREDICT_PROBS)
     wider = prof.replace(seg_margin=0.1)
     assert not seg.extraction_current(wider, prep)
