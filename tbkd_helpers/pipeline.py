@@ -51,18 +51,14 @@ def lungs(profile, prep: _data.Prepared | None = None, progress: bool = True) ->
     """
     if prep is not None and Path(prep.split_path).absolute() != (profile.artifacts / "splits.json").absolute():
         prep = None  # a derived split: never retrain the U-Net or re-extract for it
-    if prep is None:
-        if store.manifest_complete(_seg.seg_dir(profile) / "manifest.json"):
-            try:
-                return _seg.load_extraction(profile)
-            except _data.DataError:
-                pass
-        prep = _data.prepare(profile, progress=progress)
-    elif _seg.extraction_current(profile, prep):
+    cached = (store.manifest_complete(_seg.seg_dir(profile) / "manifest.json") if prep is None
+              else _seg.extraction_current(profile, prep))
+    if cached:
         try:
             return _seg.load_extraction(profile)
         except _data.DataError:
             pass
+    prep = prep or _data.prepare(profile, progress=progress)
     model, _ = _seg.train_unet(profile, prep, progress=progress)
     return _seg.run_extraction(profile, prep, model, progress=progress)
 

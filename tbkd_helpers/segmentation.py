@@ -416,11 +416,10 @@ def train_unet(profile, prep: Prepared | None = None, progress: bool = True, for
     out = seg_dir(profile)
     ckpt_path, done_path, resume_path = checkpoint_path(profile), out / "unet.json", out / "unet_resume.pt"
     device = torch_device(profile.device)
-    if not force and store.manifest_complete(done_path, settings) and ckpt_path.is_file():
-        done = store.read_json(done_path)
-        if store.file_sha256(ckpt_path) == done.get("checkpoint_sha256"):
-            model, _ = load_unet(ckpt_path, device)
-            return model, done["history"]
+    done = None if force else _finished_unet(profile, settings)
+    if done is not None:
+        model, _ = load_unet(ckpt_path, device)
+        return model, done["history"]
 
     train, val = masked_part(prep, "train"), masked_part(prep, "val")
     if not train:
@@ -494,6 +493,17 @@ def train_unet(profile, prep: Prepared | None = None, progress: bool = True, for
     if resume_path.exists():
         resume_path.unlink()
     return model, history
+
+
+def _finished_unet(profile, settings: dict) -> dict | None:
+    """The training manifest (``unet.json``) of a finished U-Net with these settings whose
+    checkpoint is intact, or None when there is none to load (it must be trained)."""
+    out = seg_dir(profile)
+    ckpt, done_path = checkpoint_path(profile), out / "unet.json"
+    if not ckpt.is_file() or not store.manifest_complete(done_path, settings):
+        return None
+    done = store.read_json(done_path)
+    return done if store.file_sha256(ckpt) == done.get("checkpoint_sha256") else None
 
 
 def _loss():
@@ -702,13 +712,10 @@ def extraction_current(profile, prep: Prepared) -> bool:
     make now: its U-Net is the checkpoint ``train_unet`` would load for these settings and
     data (not one to retrain), and the extraction used that checkpoint, these sizes and
     thresholds, these records and this split. Cheap: file hashes are remembered."""
-    out = seg_dir(profile)
-    ckpt, done = checkpoint_path(profile), out / "unet.json"
-    if not ckpt.is_file() or not store.manifest_complete(done, train_settings(profile, prep)):
+    if _finished_unet(profile, train_settings(profile, prep)) is None:
         return False
-    if store.file_sha256(ckpt) != store.read_json(done).get("checkpoint_sha256"):
-        return False
-    return store.manifest_complete(out / "manifest.json", extraction_settings(profile, prep, ckpt))
+    return store.manifest_complete(seg_dir(profile) / "manifest.json",
+                                   extraction_settings(profile, prep, checkpoint_path(profile)))
 
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
