@@ -4,7 +4,7 @@
     tbkd check-data DIR [--skip-bad]                                read a data folder, report it
     tbkd phantoms OUTDIR [--shenzhen N] [--montgomery N] [--size PX] [--seed S]
     tbkd segment IMAGE|DIR... -o OUTDIR [--checkpoint UNET] [--profile P]   lung masks and extracted lungs
-    tbkd predict IMAGE|DIR... [--model CKPT] [--cam OUT.png] [--json] [--profile P]
+    tbkd predict IMAGE|DIR... [--model CKPT] [--cam OUT.png|OUTDIR/] [--json] [--profile P]
                                                                     P(TB), decision, Grad-CAM overlay
     tbkd export --format torchscript|onnx [--model CKPT] [-o OUT] [--profile P]
                                                                     the student for deployment, checked
@@ -15,10 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 PROFILES = ("quick", "real", "full")
+
+# Smallest side (px) of an image `tbkd predict` accepts. Below it a file cannot hold a
+# chest X-ray: the smallest images the kit ever uses are the quick profile's 128-px
+# phantoms (the NLM images are 299 px in the kit's downscaled copy and thousands of px
+# officially), and anything smaller than the classifier's and the U-Net's 32-px inputs
+# (the tiniest settings the kit trains with) would only be blown up from a few pixels
+# and still get a meaningless P(TB).
+MIN_IMAGE_SIDE = 32
 
 
 def _reproduce(args) -> int:
@@ -101,7 +110,8 @@ class Predictor:
     """A classifier checkpoint and the U-Net of a profile, ready for image files.
 
     ``predict(path)`` does to one file what the kit's stages do to a data set: read it
-    (any PNG/JPEG, any size or bit depth: ``data.read_image``), predict its lung mask
+    (any PNG/JPEG, any bit depth: ``data.read_image``; an image under ``MIN_IMAGE_SIDE`` px
+    a side is refused with a DataError), predict its lung mask
     with the U-Net and cut out the lungs as stage 1 does (``segmentation.process_image``,
     the same 8-bit rounding as the stored extracted images), resize to the classifier's
     input and return P(TB), the decision at the saved threshold and the Grad-CAM map of
@@ -144,6 +154,7 @@ class Predictor:
         from .data import read_image, resize
 
         img = read_image(path)
+        check_image_size(img, path)
         lung_prob = seg.predict_probs(self.unet, [img], self.seg_size)[0]
         _, ext, info = seg.process_image(img, lung_prob, self.profile)
         x = resize(seg._to_u8(ext).astype(np.float32) / 255.0, self.size)  # as the stored PNG, read back
@@ -156,6 +167,17 @@ class Predictor:
                 "threshold": round(self.threshold, 6), "threshold_source": self.threshold_source,
                 "lungs": "whole image" if info["fallback"] else "extracted", "lung_check": info["reason"],
                 "model": str(self.checkpoint), "_cam": maps[0], "_image": shown}
+
+
+def check_image_size(image, path) -> None:
+    """Raise DataError (one line naming the file) when an image is smaller than
+    ``MIN_IMAGE_SIDE`` px on either side: too small to be a chest X-ray."""
+    from .data import DataError
+
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise DataError(f"{path}: image too small ({w}x{h} px; a chest X-ray needs at least "
+                        f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} px)")
 
 
 def write_overlay(image, cam_map, path) -> Path:
@@ -173,10 +195,23 @@ def write_overlay(image, cam_map, path) -> Path:
     return path
 
 
-def _cam_path(cam: Path, image: Path, many: bool) -> Path:
+def cam_is_folder(cam: str | os.PathLike) -> bool:
+    """Whether ``--cam`` names a folder: it ends with a path separator (``out/``, which
+    need not exist yet) or is an existing folder. Decided on the text as typed: a
+    ``Path`` drops the trailing separator."""
+    text = os.fspath(cam)
+    seps = tuple(sep for sep in (os.sep, os.altsep) if sep)
+    return text.endswith(seps) or Path(text).is_dir()
+
+
+def _cam_path(cam: str | os.PathLike, image: Path, many: bool, folder: bool | None = None) -> Path:
     """Where an image's overlay goes: ``--cam`` itself for one image; for several, beside
-    it as ``<cam stem>_<image stem>.png``; in a folder ``--cam`` names: ``<image stem>_cam.png``."""
-    if cam.is_dir() or str(cam).endswith(("/", "\\")):
+    it as ``<cam stem>_<image stem>.png``; in a folder ``--cam`` names (``out/`` or an
+    existing folder, see :func:`cam_is_folder`): ``<image stem>_cam.png``."""
+    if folder is None:
+        folder = cam_is_folder(cam)
+    cam = Path(cam)
+    if folder:
         return cam / f"{image.stem}_cam.png"
     if not many:
         return cam
@@ -196,6 +231,14 @@ def _predict(args) -> int:
         return 1
     inputs = expand_inputs(args.images)
     many = len(inputs) > 1
+    cam_folder = bool(args.cam) and cam_is_folder(args.cam)
+    if cam_folder:  # decided once, before the first overlay exists: out/ is made here, not guessed per image
+        try:
+            Path(args.cam).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            why = "a file of that name exists" if isinstance(err, FileExistsError) else (err.strerror or _one_line(err))
+            print(f"tbkd predict: {args.cam}: cannot make the Grad-CAM folder ({why})", file=sys.stderr)
+            return 1
     failed, used = 0, set()
     for path, err in inputs:
         out = None
@@ -203,7 +246,7 @@ def _predict(args) -> int:
             try:
                 out = predictor.predict(path)
                 if args.cam:
-                    cp = _cam_path(Path(args.cam), path, many)
+                    cp = _cam_path(args.cam, path, many, cam_folder)
                     while cp in used:
                         cp = cp.with_name(cp.stem + "-2" + cp.suffix)
                     used.add(cp)
@@ -410,13 +453,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_segment)
 
     pr = sub.add_parser("predict", help="P(TB), the decision and a Grad-CAM overlay for image files")
-    pr.add_argument("images", nargs="+", help="PNG/JPEG files (any size, any bit depth) or folders of them")
+    pr.add_argument("images", nargs="+", help="PNG/JPEG files (any bit depth, at least "
+                    f"{MIN_IMAGE_SIDE} px a side) or folders of them")
     pr.add_argument("--model", type=Path, default=None,
                     help="classifier checkpoint (default: the profile's distilled student, "
                          "artifacts/<profile>/students/kd+cam-best/best.pt)")
-    pr.add_argument("--cam", type=Path, default=None,
+    pr.add_argument("--cam", default=None,  # a str, not a Path: a Path drops the trailing "/" of "out/"
                     help="write the Grad-CAM overlay here (several images: <stem>_<image>.png beside it; "
-                         "a folder: <image>_cam.png in it)")
+                         "a folder, i.e. an existing one or a name ending in '/' (made if missing): "
+                         "<image>_cam.png in it)")
     pr.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     pr.add_argument("--profile", default="quick", choices=PROFILES,
                     help="whose student and U-Net to use (default quick)")

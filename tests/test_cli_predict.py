@@ -132,6 +132,71 @@ def test_predict_json_one_object_per_image(kit, tmp_path, monkeypatch, capsys):
     assert objs[1]["error"].startswith(str(im["corrupt"]))
 
 
+def test_predict_cam_folder_that_does_not_exist_yet(kit, tmp_path, monkeypatch, capsys):
+    """``--cam out/`` (a trailing separator, the folder not there yet) makes the folder and
+    writes ``<image>_cam.png`` in it, for several images and for one; ``--cam o.png`` with
+    several images still writes ``o_<image>.png`` beside it."""
+    prof, prep, _ = kit
+    _quick_defaults(monkeypatch, prof)
+    im = _images(tmp_path, prep)
+    out = tmp_path / "new" / "cams"
+    rc = cli.main(["predict", str(im["good"]), str(im["deep"]), "--cam", str(out) + "/"])
+    stdout, _ = capsys.readouterr()
+    assert rc == 0 and out.is_dir()
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{im[k].stem}_cam.png" for k in ("good", "deep"))
+    assert not list(out.parent.glob("cams_*")) and str(out / f"{im['deep'].stem}_cam.png") in stdout
+    one = tmp_path / "one"
+    assert cli.main(["predict", str(im["jpg"]), "--cam", str(one) + "/", "--json"]) == 0
+    (obj,) = [json.loads(ln) for ln in capsys.readouterr().out.strip().splitlines()]
+    assert one.is_dir() and obj["cam"] == str(one / "colour_cam.png") and (one / "colour_cam.png").is_file()
+    beside = tmp_path / "o.png"
+    assert cli.main(["predict", str(im["good"]), str(im["deep"]), "--cam", str(beside)]) == 0
+    capsys.readouterr()
+    assert not beside.exists()
+    assert (tmp_path / f"o_{im['good'].stem}.png").is_file() and (tmp_path / "o_deep.png").is_file()
+
+
+def test_predict_cam_folder_over_a_file_is_one_line(kit, tmp_path, monkeypatch, capsys):
+    prof, prep, _ = kit
+    _quick_defaults(monkeypatch, prof)
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    rc = cli.main(["predict", str(prep.records[0].path), "--cam", str(taken) + "/"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and str(taken) in err and "folder" in err
+    assert taken.read_text() == "not a folder"
+
+
+def test_predict_refuses_a_tiny_image_and_does_the_others(kit, tmp_path, monkeypatch, capsys):
+    """A 1x1 PNG (and a 500x8 strip) is refused in one line naming the file; the other
+    files are still predicted, an image of exactly ``MIN_IMAGE_SIDE`` px is accepted,
+    and the exit status says one failed."""
+    prof, prep, _ = kit
+    _quick_defaults(monkeypatch, prof)
+    im = _images(tmp_path, prep)
+    dot = tmp_path / "dot.png"
+    Image.fromarray(np.full((1, 1), 128, np.uint8)).save(dot)
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.full((8, 500), 128, np.uint8)).save(strip)
+    edge = tmp_path / "edge.png"
+    side = cli.MIN_IMAGE_SIDE
+    Image.fromarray((data.resize(data.read_image(im["good"]), side) * 255).astype(np.uint8)).save(edge)
+    rc = cli.main(["predict", str(im["good"]), str(dot), str(strip), str(edge)])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    printed = out.strip().splitlines()
+    assert [ln.split(": P(TB) = ")[0] for ln in printed] == [str(im["good"]), str(edge)]
+    bad = [ln for ln in err.splitlines() if ln.startswith("tbkd predict: ") and "note" not in ln]
+    assert bad == [f"tbkd predict: {dot}: image too small (1x1 px; a chest X-ray needs at least {side}x{side} px)",
+                   f"tbkd predict: {strip}: image too small (500x8 px; a chest X-ray needs at least {side}x{side} px)"]
+    assert "Traceback" not in err
+    assert cli.main(["predict", str(dot), "--json"]) == 1
+    (obj,) = [json.loads(ln) for ln in capsys.readouterr().out.strip().splitlines()]
+    assert obj["file"] == str(dot) and obj["error"].startswith(f"{dot}: image too small") and "prob_tb" not in obj
+    with pytest.raises(data.DataError, match="too small"):
+        cli.Predictor(prof).predict(dot)
+
+
 def test_predict_missing_model_is_one_line(kit, tmp_path, capsys):
     rc = cli.main(["predict", str(kit[1].records[0].path), "--model", str(tmp_path / "nope.pt")])
     err = capsys.readouterr().err.strip()
