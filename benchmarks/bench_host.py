@@ -4,7 +4,7 @@
 
 The kit's time budgets (the quick ``make reproduce`` in 5 minutes, the real profile in
 about an hour on a 2-core CPU) were set on one host, whose ResNet18 training step at
-224 px cost about 70 ms per image (``../shared/DESIGN.md``, "Measured on this machine").
+224 px cost about 70 ms per image (``REFERENCE_MS``).
 This script measures the same step here: ResNet18 from torchvision, 3 x 224 x 224 inputs,
 batch 16, cross-entropy, SGD, the median of ``--repeats`` steps after one warm-up.
 The ratio to 70 ms says roughly how much longer every training chapter takes on this
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_MS = 70.0  # DESIGN.md: ResNet18 training cost per image at 224 px on the budget's host
+REFERENCE_MS = 70.0  # ResNet18 training cost per image at 224 px on the host the budgets were set on
 
 
 def step_ms(repeats: int, batch: int = 16, size: int = 224) -> float:

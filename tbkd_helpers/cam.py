@@ -730,7 +730,7 @@ def _minmax(c: torch.Tensor, eps: float = _MINMAX_EPS) -> torch.Tensor:
 def differentiable_gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor,
                            target_class: int | torch.Tensor | Sequence[int] | None = 1,
                            out_size: int | Sequence[int] | None = None, normalize: bool = True,
-                           create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                           create_graph: bool = True, relu: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM as a differentiable function of the model's weights, batched.
 
     One forward pass of ``x`` ``(N, 1, H, W)`` gives the logits and, through a forward
@@ -740,6 +740,12 @@ def differentiable_gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor,
 
     ``grads = autograd.grad(sum(s), A, create_graph=True)``;
     ``weights = grads.mean((2, 3))``; ``cam = relu(sum_k weights_k * A_k)``.
+
+    ``relu=False`` keeps the signed map (before the ReLU). Distillation trains on it: where
+    the ReLU zeroes a region (at first, for a student from scratch, often the whole map)
+    no gradient passes, so a student whose map is empty could never learn to light it
+    up. After min-max scaling the signed map is the ReLU'd one wherever that is not
+    empty, up to where its zero lies.
 
     With ``normalize`` the map is scaled as pytorch-grad-cam scales it: per image min-max
     (``(c - min) / (1e-7 + max)``) at the layer's resolution, then, when ``out_size`` is
@@ -799,7 +805,9 @@ def differentiable_gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor,
         score = logits.gather(1, idx[:, None]).sum()
         (grads,) = torch.autograd.grad(score, acts, create_graph=create_graph, retain_graph=True)
         weights = grads.mean(dim=(2, 3))
-        cams = F.relu((weights[:, :, None, None] * acts).sum(1))
+        cams = (weights[:, :, None, None] * acts).sum(1)
+        if relu:
+            cams = F.relu(cams)
         if normalize:
             cams = _minmax(cams)
         if out_size is not None:

@@ -592,13 +592,22 @@ class CXRDataset:
         return x, int(self.labels[i])
 
 
+def augmenters(aug=None):
+    """``(geometric, photometric)`` torchvision transforms of an ``recipes.Augmentation``
+    (default: the classifiers', ``recipes.CLASSIFIER_AUGMENT``)."""
+    from torchvision.transforms import v2
+
+    from .recipes import CLASSIFIER_AUGMENT
+
+    a = aug or CLASSIFIER_AUGMENT
+    return (v2.RandomAffine(degrees=a.degrees, translate=(a.translate, a.translate), scale=a.scale),
+            v2.ColorJitter(brightness=a.brightness, contrast=a.contrast))
+
+
 def _augmenter():
     from torchvision.transforms import v2
 
-    return v2.Compose([
-        v2.RandomAffine(degrees=7, translate=(0.05, 0.05), scale=(0.93, 1.07)),
-        v2.ColorJitter(brightness=0.15, contrast=0.15),
-    ])
+    return v2.Compose(list(augmenters()))
 
 
 # --------------------------------------------------------------------------- one call per notebook

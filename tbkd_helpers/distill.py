@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cam as _cam
-from .data import CXRDataset
+from .data import CXRDataset, augmenters
 
 VARIANTS = ("ce", "kd", "cam", "kd+cam")
 
@@ -51,10 +51,14 @@ class DistillSettings:
     temperature: float = 4.0
     cam_loss: str = "mse"  # "mse" | "l1" | "at"
     target_class: int = 1  # maps of the TB class, as cached for the teachers
+    cam_images: str = "tb"  # the map term on "tb" images only (the TB map explains a TB image;
+    # on a normal image the guide's TB map marks nothing real) or on "all"
 
     def __post_init__(self):
         if self.cam_loss not in _cam.CAM_LOSSES:
             raise ValueError(f"cam_loss={self.cam_loss!r}: choose one of {', '.join(_cam.CAM_LOSSES)}")
+        if self.cam_images not in ("tb", "all"):
+            raise ValueError(f"cam_images={self.cam_images!r}: choose 'tb' or 'all'")
         if self.alpha < 0 or self.beta < 0 or self.temperature <= 0:
             raise ValueError("alpha and beta must be >= 0 and the temperature > 0")
 
@@ -175,16 +179,13 @@ class DistillDataset(torch.utils.data.Dataset):
             raise ValueError(f"{len(base)} images but {len(guide)} guide maps")
         if guide.ids and [r.key for r in base.records] != guide.ids:
             raise ValueError("the guide's images are not the data set's images (order or content)")
-        from torchvision.transforms import v2
-
         self.base = base
         self.labels = base.labels  # for class balancing in train.fit
         self.records = base.records
         self.cams = torch.from_numpy(np.ascontiguousarray(guide.cams, dtype=np.float32))
         self.logits = torch.from_numpy(np.ascontiguousarray(guide.logits, dtype=np.float32))
         self.augment = augment
-        self._geo = v2.RandomAffine(degrees=7, translate=(0.05, 0.05), scale=(0.93, 1.07))
-        self._jitter = v2.ColorJitter(brightness=0.15, contrast=0.15)
+        self._geo, self._jitter = augmenters()  # the teachers' augmentation (recipes)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -214,15 +215,17 @@ def make_step_loss(layer: nn.Module, settings: DistillSettings):
 
     def step(model: nn.Module, batch, criterion: nn.Module, device: torch.device):
         x, y, guide_maps, guide_logits = (t.to(device) for t in batch)
-        if s.beta > 0:
-            maps, logits = _cam.differentiable_gradcam(model, layer, x, target_class=s.target_class)
+        if s.beta > 0:  # signed maps: an empty (ReLU'd) map would pass no gradient
+            maps, logits = _cam.differentiable_gradcam(model, layer, x, target_class=s.target_class, relu=False)
         else:
             logits = model(x)
         loss = criterion(logits.float(), y)
         if s.alpha > 0:
             loss = loss + s.alpha * kd_loss(logits, guide_logits, s.temperature)
         if s.beta > 0:
-            loss = loss + s.beta * cam_term(maps, guide_maps, s.cam_loss)
+            sel = (y == s.target_class) if s.cam_images == "tb" else torch.ones_like(y, dtype=torch.bool)
+            if sel.any():
+                loss = loss + s.beta * cam_term(maps[sel], guide_maps[sel], s.cam_loss)
         return loss, y
 
     return step

@@ -69,6 +69,7 @@ class ArchSpec:
     head: str  # dotted path of the final nn.Linear
     cam_layer: str  # dotted path of the Grad-CAM target layer (last feature map)
     cam_layer16: str = ""  # the last layer at stride 16 (twice the resolution), "" = cam_layer
+    cam_layer8: str = ""  # the last layer at stride 8 (for the tiny inputs of the quick profile)
     min_size: int = 32  # smallest input side that survives the network's downsampling
     pretrained_mean: float = IMAGENET_GRAY_MEAN
     pretrained_std: float = IMAGENET_GRAY_STD
@@ -80,37 +81,38 @@ class ArchSpec:
 ARCHS: dict[str, ArchSpec] = {
     "densenet121": ArchSpec(
         "densenet121", "features.conv0", "classifier", "features.norm5",
-        cam_layer16="features.denseblock3",
+        cam_layer16="features.denseblock3", cam_layer8="features.denseblock2",
         note="the CAM layer is norm5, the last feature map (ReLU and pooling follow)"),
     "inception_v3": ArchSpec(
         "inception_v3", "Conv2d_1a_3x3.conv", "fc", "Mixed_7c", min_size=75,
-        cam_layer16="Mixed_6e",
+        cam_layer16="Mixed_6e", cam_layer8="Mixed_5d",
         # torchvision's Inception V3 weights were ported from TensorFlow and expect
         # inputs in [-1, 1]; its transform_input=True did that conversion. We turn
         # transform_input off and normalise with 0.5 / 0.5 ourselves.
         pretrained_mean=0.5, pretrained_std=0.5,
         note="aux classifier dropped; transform_input off; needs >= 75 px"),
-    "resnet18": ArchSpec("resnet18", "conv1", "fc", "layer4.1", cam_layer16="layer3.1"),
+    "resnet18": ArchSpec("resnet18", "conv1", "fc", "layer4.1", cam_layer16="layer3.1",
+                         cam_layer8="layer2.1"),
     # torchvision builds MobileNet V3 with BatchNorm momentum 0.01 (the TensorFlow
     # reference's 0.99 decay, meant for hundreds of thousands of steps). Trained from
     # scratch for a few hundred steps, the running statistics then lag so far behind the
     # weights that the eval-mode model predicted a single class for every test image
-    # (accuracy 0.455 while its AUC was 0.80-0.85; see DESIGN.md). From scratch we use
+    # (accuracy 0.455 while its AUC was 0.80-0.85, in the kit's first experiments). From scratch we use
     # PyTorch's usual 0.1, and train.fit also recomputes the statistics after training
     # (recalibrate_bn). Pretrained models keep torchvision's setting.
     "mobilenet_v3_large": ArchSpec(
         "mobilenet_v3_large", "features.0.0", "classifier.3", "features.16",
-        cam_layer16="features.12",
+        cam_layer16="features.12", cam_layer8="features.6",
         scratch_bn_momentum=0.1, note="BN momentum 0.1 from scratch (torchvision: 0.01)"),
     "mobilenet_v3_small": ArchSpec(
         "mobilenet_v3_small", "features.0.0", "classifier.3", "features.12",
-        cam_layer16="features.8",
+        cam_layer16="features.8", cam_layer8="features.3",
         scratch_bn_momentum=0.1, note="BN momentum 0.1 from scratch (torchvision: 0.01)"),
     # VGG's CAM layer is the ReLU after the last conv, before the last max-pool: twice the
     # resolution of features[-1] (the pool), which matters at the kit's small sizes.
-    "vgg16": ArchSpec("vgg16", "features.0", "classifier.6", "features.29",
+    "vgg16": ArchSpec("vgg16", "features.0", "classifier.6", "features.29", cam_layer8="features.22",
                       note="no batch norm (the paper's VGG16)"),
-    "vgg16_bn": ArchSpec("vgg16_bn", "features.0", "classifier.6", "features.42",
+    "vgg16_bn": ArchSpec("vgg16_bn", "features.0", "classifier.6", "features.42", cam_layer8="features.32",
                          note="VGG16 with batch norm (a documented setting)"),
 }
 
@@ -289,6 +291,15 @@ def build_model(arch: str, num_classes: int = 2, pretrained: bool = False,
         head = _get(net, spec.head)
         if loaded or head.out_features != num_classes:
             _set(net, spec.head, nn.Linear(head.in_features, num_classes))
+        if not loaded:
+            # From scratch, every head starts as N(0, 0.01) with zero bias, so that the first
+            # predictions are near 50/50. torchvision's Inception V3 draws its fc from a
+            # truncated N(0, 0.1): over 2048 features that gives logits of several units,
+            # a starting loss above 2, and a head that a few hundred AdamW steps cannot pull
+            # back (it stayed at chance on the phantoms and on Montgomery).
+            last = _get(net, spec.head)
+            nn.init.normal_(last.weight, 0, 0.01)
+            nn.init.zeros_(last.bias)
 
         if not loaded and spec.scratch_bn_momentum is not None:
             for m in net.modules():
@@ -345,17 +356,21 @@ def target_layer(model: nn.Module, arch: str | None = None, stride: int = 32) ->
     the last max-pool, so already stride 16). ``stride=16``: the last block at stride
     16 (``denseblock3``, ``Mixed_6e``, ``layer3[-1]``, MobileNet ``features[12]`` /
     ``features[8]``): maps with twice the resolution (8×8 instead of 4×4 at 128 px),
-    which the kit uses by default at its small image sizes (``Profile.cam_stride``).
+    which the ``real`` profile uses at its small image sizes (``Profile.cam_stride``).
+    ``stride=8``: the last block at stride 8 (``denseblock2``, ``Mixed_5d``, ``layer2[-1]``,
+    MobileNet ``features[6]`` / ``features[3]``, VGG's ReLU after conv4_3): 8×8 maps at
+    64 px, for the ``quick`` profile's tiny phantoms, whose lesions a 4×4 map cannot find.
     Its output is a ``(N, C, h, w)`` tensor.
     """
-    if stride not in (16, 32):
-        raise ValueError(f"target_layer: stride must be 16 or 32, not {stride}")
+    if stride not in (8, 16, 32):
+        raise ValueError(f"target_layer: stride must be 8, 16 or 32, not {stride}")
     arch = arch or getattr(model, "arch", None)
     if arch is None:
         raise ValueError("target_layer: pass arch= for a model not made by build_model")
     spec = _spec(arch)
     net = model.net if isinstance(model, GrayToModel) else model
-    return _get(net, spec.cam_layer16 if stride == 16 and spec.cam_layer16 else spec.cam_layer)
+    name = {8: spec.cam_layer8, 16: spec.cam_layer16}.get(stride) or spec.cam_layer
+    return _get(net, name)
 
 
 # --------------------------------------------------------------------------- batch norm

@@ -25,14 +25,11 @@ from . import distill as _distill
 from . import metrics as _metrics
 from . import models as _models
 from . import segmentation as _seg
+from . import recipes as _recipes
 from . import store
 from . import train as _train
 from .config import seed_everything, torch_device
 
-# Learning rates of the teachers trained from scratch (AdamW, one-cycle schedule).
-# VGG16 without batch norm diverges at 1e-3 from scratch; it gets a gentler peak.
-TEACHER_LR = {"vgg16": 2e-4}
-DEFAULT_LR = 1e-3
 
 
 # --------------------------------------------------------------------------- stage 1
@@ -79,6 +76,7 @@ def _fingerprint(profile, prep: _data.Prepared, arch: str) -> dict:
     """What a classifier's training depends on besides its TrainSettings."""
     ext = lungs(profile, prep, progress=False)
     out = {"size": profile.size_for(arch), "pretrained": profile.pretrained,
+           "augment": _recipes.CLASSIFIER_AUGMENT.to_dict(),
            "split_sha256": store.file_sha256(prep.split_path),
            "extraction": store.settings_digest(ext.settings)}
     options = {k: v for k, v in profile.model_options(arch).items() if v != "classic"}
@@ -119,12 +117,26 @@ def teacher_dir(profile, arch: str) -> Path:
     return Path(profile.artifacts) / "teachers" / arch
 
 
-def teacher_settings(profile, arch: str) -> _train.TrainSettings:
-    """AdamW with a one-cycle schedule, class-weighted loss, early stopping on validation
-    AUC after a third of the epochs without progress."""
-    return _train.TrainSettings(epochs=profile.teacher_epochs, batch_size=profile.batch_size,
-                                lr=TEACHER_LR.get(arch, DEFAULT_LR), seed=profile.seed,
-                                patience=max(3, profile.teacher_epochs // 3))
+def recipe_settings(profile, recipe: "_recipes.Recipe", arch: str, epochs: int,
+                    seed: int | None = None) -> _train.TrainSettings:
+    """The ``train.TrainSettings`` of ``recipe`` (``recipes``: one declaration per role) at
+    the profile's batch size, for ``epochs`` epochs."""
+    r = recipe
+    return _train.TrainSettings(epochs=epochs, batch_size=profile.batch_size, lr=r.lr_for(arch),
+                                weight_decay=r.weight_decay, optimizer=r.optimizer, schedule=r.schedule,
+                                class_balance=r.class_balance, patience=r.patience,
+                                bn_recalibrate=r.bn_recalibrate,
+                                seed=profile.seed if seed is None else seed)
+
+
+def teacher_settings(profile, arch: str, epochs: int | None = None) -> _train.TrainSettings:
+    """``recipes.TEACHER`` for ``arch`` (every epoch runs; the best validation AUC is kept)."""
+    return recipe_settings(profile, _recipes.TEACHER, arch, epochs or profile.teacher_epochs)
+
+
+def student_settings(profile, epochs: int | None = None, seed: int | None = None) -> _train.TrainSettings:
+    """``recipes.STUDENT`` for the profile's student (chapter 04, and the k-fold runs)."""
+    return recipe_settings(profile, _recipes.STUDENT, profile.student, epochs or profile.student_epochs, seed)
 
 
 def _fit(profile, prep, arch: str, ckpt_dir: Path, settings: _train.TrainSettings, progress: bool,
@@ -278,9 +290,7 @@ def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None 
     prep = prep or _data.prepare(profile, progress=progress)
     arch = profile.student
     ds_settings = distill_settings(profile, variant, cam_loss)
-    t_settings = _train.TrainSettings(epochs=profile.student_epochs, batch_size=profile.batch_size,
-                                      lr=DEFAULT_LR, seed=profile.seed,
-                                      patience=max(3, profile.student_epochs // 3))
+    t_settings = student_settings(profile)
     ckpt_dir = student_dir(profile, variant, guide, cam_loss)
     model = new_model(profile, arch)
     if variant == "ce":
@@ -471,14 +481,14 @@ def teacher_attention(profile, prep: _data.Prepared, teachers: Sequence[str] | N
 
 def cam_layers(profile, models: dict) -> list[dict]:
     """Where Grad-CAM looks in each model: ``{model: nn.Module}`` (keys: architectures)
-    → one dict per model with its input size and, for the layers at stride 16 (the kit's
-    default) and 32 (the classic last feature map), the layer's name and map size."""
+    → one dict per model with its input size and, for the layers at stride 8 (``quick``), 16
+    (``real``) and 32 (the classic last feature map), the layer's name and map size."""
     rows = []
     for arch, model in models.items():
         size = profile.size_for(arch)
         names = {id(m): n for n, m in model.named_modules()}
         row = {"teacher": arch, "input": f"{size}×{size}"}
-        for stride in (16, 32):
+        for stride in (8, 16, 32):
             layer = _models.target_layer(model, arch, stride=stride)
             shapes = []
             handle = layer.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[-2:])))
@@ -742,6 +752,90 @@ def attention_by_dataset(maps, lungs, guide_maps, datasets: Sequence[str], n_boo
             row.update({key: _num(m), f"{key}_lo": _num(lo), f"{key}_hi": _num(hi)})
         rows.append(row)
     return rows
+
+
+#: what :func:`attention_figures` measures, as a report names it
+ATTENTION_FIGURES = {"in_lung": "in-lung share", "pointing": "pointing game", "lesion_share": "lesion share",
+                     "agreement": "agreement with guide"}
+
+
+def attention_figures(maps, lungs, lesions, guide_maps=None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Where a model looks on a split part, against the truth where it is known:
+
+    - ``in_lung``: share of the map's mass inside the U-Net's lung mask (all images);
+    - ``pointing``: share of the images with a known lesion (phantoms) whose map peaks on
+      it (``cam.pointing_game``); ``lesion_share``: share of their maps' mass on lesions;
+    - ``agreement``: Pearson correlation with the guide's map of the same image.
+
+    Each is ``{"mean", "lo", "hi", "n"}`` (bootstrap over images, :func:`mean_ci`);
+    undefined (no lesion masks on real data, no guide) gives ``None`` values. Maps
+    ``(N, h, w)`` in [0, 1], masks ``(N, s, s)`` bool, in the same order.
+    """
+    maps = np.ascontiguousarray(maps, np.float32)
+    has = lesions.reshape(len(lesions), -1).any(1)
+    values = {"in_lung": _cam.mass_in_mask(maps, lungs),
+              "pointing": _cam.pointing_game(maps[has], lesions[has]) if has.any() else np.array([]),
+              "lesion_share": _cam.mass_in_mask(maps[has], lesions[has]) if has.any() else np.array([]),
+              "agreement": (_distill.guide_agreement(maps, np.ascontiguousarray(guide_maps, np.float32))
+                            if guide_maps is not None else np.array([]))}
+    out = {}
+    for key, v in values.items():
+        m, lo, hi = mean_ci(v, n_boot=n_boot, seed=seed)
+        out[key] = {"mean": _num(m), "lo": _num(lo), "hi": _num(hi), "n": int(np.isfinite(v).sum())}
+    return out
+
+
+def attention_chance(lungs, lesions) -> dict:
+    """What a map that carries no information scores in :func:`attention_figures`: a
+    uniform map puts the lungs' area share in the lungs and the lesions' area share on
+    lesions; a peak at a random pixel lands on a lesion with that same probability."""
+    area = lambda m: m.reshape(len(m), -1).mean(1)  # noqa: E731
+    has = lesions.reshape(len(lesions), -1).any(1)
+    les = _num(area(lesions[has]).mean()) if has.any() else None
+    return {"in_lung": _num(area(lungs).mean()), "pointing": les, "lesion_share": les, "agreement": 0.0}
+
+
+def attention_report(profile, prep: _data.Prepared, models: dict, guide: str = "best", part: str = "test",
+                     n_boot: int = 1000) -> dict:
+    """:func:`attention_figures` of every model on ``part``: ``models`` is ``{name: (model,
+    arch)}``. Returns ``{"guide", "part", "n_images", "chance", "models": {name: figures}}``;
+    agreement is with ``guide``'s maps (:func:`guide_for_part`), resized to each model's."""
+    records = classifier_records(profile, prep, part)
+    g = guide_for_part(profile, prep, guide, part)
+    device = torch_device(profile.device)
+    masks, out = {}, {}
+    for name, (model, arch) in models.items():
+        size = profile.size_for(arch)
+        if size not in masks:
+            masks[size] = (_data.CXRDataset(records, size=size).images, lung_masks(profile, records, size, "lung"),
+                           lung_masks(profile, records, size, "lesion"))
+        images, lungs, lesions = masks[size]
+        layer = _models.target_layer(model, arch, stride=profile.cam_stride)
+        maps = _cam.compute_cams(model.eval(), layer, images, target_class=1, method="gradcam", device=device)
+        out[name] = attention_figures(maps, lungs, lesions, g.cams, n_boot=n_boot, seed=profile.seed)
+    size = profile.size_for(profile.student)
+    if size not in masks:
+        masks[size] = (None, lung_masks(profile, records, size, "lung"), lung_masks(profile, records, size, "lesion"))
+    return {"guide": g.source, "part": part, "n_images": len(records),
+            "chance": attention_chance(masks[size][1], masks[size][2]), "models": out}
+
+
+def attention_lines(report: dict) -> list[str]:
+    """:func:`attention_report` as one line per model: each figure with its interval,
+    and the chance level first."""
+    def fmt(f):
+        if f is None or f.get("mean") is None:
+            return "n/a"
+        ci = f" [{f['lo']:.2f}, {f['hi']:.2f}]" if f.get("lo") is not None else ""
+        return f"{f['mean']:.2f}{ci}"
+
+    keys = list(ATTENTION_FIGURES)
+    ch = report["chance"]
+    lines = [f"{'chance':>20}: " + "; ".join(f"{ATTENTION_FIGURES[k]} {'n/a' if ch.get(k) is None else f'{ch[k]:.2f}'}"
+                                            for k in keys)]
+    for name, figs in report["models"].items():
+        lines.append(f"{name:>20}: " + "; ".join(f"{ATTENTION_FIGURES[k]} {fmt(figs.get(k))}" for k in keys))
+    return lines
 
 
 def ablation_table(results: dict, attention: dict | None = None, metrics: Sequence[str] = ABLATION_METRICS,

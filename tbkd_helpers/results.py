@@ -19,7 +19,7 @@ The paper reports accuracy only (91.2 % Shenzhen, 85.7 % Montgomery: :data:`PAPE
 
 **What the k-fold and cross-data-set models are.** Both train the student's
 architecture with plain cross-entropy (the "ce" student of chapter 04), with the same
-recipe as chapter 04 (:func:`student_train_settings`). The distilled student needs
+recipe as chapter 04 (``pipeline.student_settings``, from ``recipes.STUDENT``). The distilled student needs
 teachers, and an honest distilled student per fold needs five teachers per fold that
 never saw that fold's held-out images (and, for the cross-data-set test, five teachers
 trained on one data set only): six times the training of the whole kit, per fold. The
@@ -207,15 +207,6 @@ def cost_table(cost: dict):
 
 # --------------------------------------------------------------------------- k-fold, cross-data-set
 
-def student_train_settings(profile, epochs: int | None = None):
-    """Chapter 04's training recipe for a student (``pipeline.train_student``)."""
-    from .train import TrainSettings
-
-    e = epochs or profile.student_epochs
-    return TrainSettings(epochs=e, batch_size=profile.batch_size, lr=_pipe.DEFAULT_LR, seed=profile.seed,
-                         patience=max(3, e // 3))
-
-
 def cv_epochs(profile, epochs: int | None = None) -> int:
     return int(epochs or CV_EPOCHS.get(profile.name) or profile.student_epochs)
 
@@ -241,12 +232,11 @@ def _train_one(profile, sub: _data.Prepared, name: str, ckpt_dir: Path, epochs: 
     if is_student(name):
         if _variant(name) != "ce":
             raise ValueError(f"{name}: only the CE student is cross-validated (see the module doc)")
-        arch, settings = profile.student, student_train_settings(profile, epochs)
+        arch, settings = profile.student, _pipe.student_settings(profile, epochs)
         extra = {"variant": "ce", **extra}
     else:
         arch = name
-        settings = _pipe.teacher_settings(profile, arch)
-        settings.epochs = epochs if epochs else settings.epochs
+        settings = _pipe.teacher_settings(profile, arch, epochs)
     model = _pipe.new_model(profile, arch)
     _pipe._fit(profile, sub, arch, ckpt_dir, settings, progress, model=model, extra=extra)
     return arch
@@ -401,8 +391,10 @@ def student_vs_teacher(test: dict[str, list[dict]], dataset: str = "shenzhen",
 # --------------------------------------------------------------------------- all of it
 
 def assemble(profile, specs: dict[str, dict], preds: dict[str, dict], test: dict, who: dict, cost: dict,
-             cv: dict | None, cross: dict | None, n_boot: int, thresholds: dict | None = None) -> dict:
-    """The ``results.json`` document (see :func:`collect`)."""
+             cv: dict | None, cross: dict | None, n_boot: int, thresholds: dict | None = None,
+             attention: dict | None = None) -> dict:
+    """The ``results.json`` document (see :func:`collect`). ``attention``: where each model
+    looks (``pipeline.attention_report``), with the chance levels."""
     models = {}
     for name, s in specs.items():
         ckpt = s["dir"] / "best.pt"
@@ -429,6 +421,7 @@ def assemble(profile, specs: dict[str, dict], preds: dict[str, dict], test: dict
         "cross": cross,
         "paper_comparison": paper_comparison(test),
         "student_vs_teacher": student_vs_teacher(test),
+        "attention": attention,
     }
 
 
@@ -455,7 +448,9 @@ def collect(profile, prep: _data.Prepared | None = None, students: Sequence[str]
     cost = costs(profile, specs, repeats=latency_repeats)
     cv = kfold(profile, prep, cv_models, epochs=fold_epochs, progress=progress) if cv_models != () else None
     cross = cross_dataset(profile, prep, n_boot, epochs=fold_epochs, progress=progress)
-    return assemble(profile, specs, preds, test, who, cost, cv, cross, n_boot, thresholds)
+    loaded = {name: (_pipe.load_classifier(s["dir"] / "best.pt"), s["arch"]) for name, s in specs.items()}
+    attention = _pipe.attention_report(profile, prep, loaded, n_boot=n_boot)
+    return assemble(profile, specs, preds, test, who, cost, cv, cross, n_boot, thresholds, attention)
 
 
 def results_path(profile) -> Path:
@@ -650,6 +645,6 @@ def cross_table(cross: dict, metrics: Sequence[str] = ("accuracy", "auc", "sensi
 
 __all__ = ["PAPER", "WHO_TPP", "WHO_RULE", "STUDENT_VARIANTS", "student_name", "model_specs", "ensure_models",
            "all_predictions", "save_threshold", "read_threshold", "test_metrics", "who_operating_point", "costs",
-           "cost_table", "student_train_settings", "default_cv_models", "kfold", "cross_dataset", "verdict",
+           "cost_table", "default_cv_models", "kfold", "cross_dataset", "verdict",
            "paper_comparison", "student_vs_teacher", "assemble", "collect", "write", "load", "readme_table",
            "update_readme", "comparison_table", "who_table", "kfold_table", "cross_table"]

@@ -53,14 +53,14 @@ from PIL import Image
 from scipy import ndimage
 
 from . import store
+from .recipes import UNET
 from .config import seed_everything, torch_device
 from .data import IMAGE_SUFFIXES, DataError, Prepared, Record, _is_junk, lung_mask, read_image, resize
 
 ARCH = "smp.Unet"
 # Joint augmentation of image and mask (training only). Geometric changes move both
 # alike; intensity changes touch the image only.
-AUGMENT = {"degrees": 10.0, "translate": 0.06, "scale": (0.9, 1.1),
-           "brightness": 0.25, "contrast": 0.25, "gamma": (0.7, 1.4)}
+AUGMENT = UNET.augment.to_dict()  # declared in recipes.UNET
 RESUME_EVERY_S = 60.0  # save a resumable state at most this often during training
 
 
@@ -376,7 +376,7 @@ def train_settings(profile, prep: Prepared) -> dict:
     return {
         "arch": ARCH, "encoder": profile.seg_encoder, "pretrained": bool(profile.pretrained),
         "decoder_channels": list(profile.seg_decoder_channels), "seg_size": profile.seg_size, "epochs": profile.seg_epochs,
-        "batch_size": profile.seg_batch_size, "lr": profile.seg_lr, "seed": profile.seed,
+        "batch_size": profile.seg_batch_size, "lr": UNET.lr, "seed": profile.seed,
         "augment": AUGMENT, "loss": "dice+bce",
         "train_keys": sorted(r.key for r in train), "val_keys": sorted(r.key for r in val),
         "split_sha256": store.file_sha256(prep.split_path),
@@ -429,7 +429,7 @@ def train_unet(profile, prep: Prepared | None = None, progress: bool = True, for
     x_tr, y_tr = _load_pairs(train, profile.seg_size, progress, "reading training images")
     x_va, y_va = _load_pairs(val, profile.seg_size, progress, "reading validation images")
     model = build_unet(profile.seg_encoder, profile.pretrained, profile.seg_decoder_channels).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=profile.seg_lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=UNET.lr, weight_decay=UNET.weight_decay)
     loss_fn = _loss()
     bs = profile.seg_batch_size
     steps_per_epoch = max(1, len(train) // bs + (len(train) % bs >= 2))
@@ -460,7 +460,7 @@ def train_unet(profile, prep: Prepared | None = None, progress: bool = True, for
             pairs = [augment_pair(x_tr[i], y_tr[i]) for i in idx.tolist()]
             x = torch.stack([p[0] for p in pairs]).to(device)
             y = torch.stack([p[1] for p in pairs]).float().to(device)
-            lr = _lr_at(epoch * steps_per_epoch + b, total, profile.seg_lr)
+            lr = _lr_at(epoch * steps_per_epoch + b, total, UNET.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = loss_fn(model(x), y)

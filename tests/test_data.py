@@ -358,8 +358,9 @@ def test_profiles():
 
 def test_profile_model_options_pick_the_vgg_head():
     quick, real = config.get_profile("quick"), config.get_profile("real", data_dir="/x")
-    assert quick.model_options("vgg16") == {"vgg_head": "gap"}
-    assert real.model_options("vgg16") == {"vgg_head": "classic"}
+    full = config.get_profile("full", data_dir="/x")
+    assert quick.model_options("vgg16") == {"vgg_head": "gap"} == real.model_options("vgg16")
+    assert full.model_options("vgg16") == {"vgg_head": "classic"}  # 224 px: the 7x7 map the head was made for
     assert quick.model_options("resnet18") == {} == real.model_options("densenet121")
 
 

@@ -5,7 +5,7 @@ U-Net, a teacher, the distilled and the plain student, k-fold, cross-data-set, c
 their own artifacts folder; the two ``results.json`` files must be byte-identical.
 Wall-clock latencies are not in ``results.json`` but in ``timings.json`` beside it, and
 checkpoints are compared by their weights (``weights_sha256``), not by file bytes that
-also record each epoch's duration. (Issue 6.)
+also record each epoch's duration.
 """
 from __future__ import annotations
 

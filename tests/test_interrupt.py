@@ -1,6 +1,6 @@
 """Stopping a real run in the middle of a training stage and starting it again redoes
 only the unfinished stage, resumes it where it stopped, and ends with the same model as
-a run that was never stopped. (Issue 6: kill -9 a real run on phantom data.)"""
+a run that was never stopped (kill -9 a real run on phantom data)."""
 from __future__ import annotations
 
 import os

@@ -54,7 +54,7 @@ _PREDICT_PROBS = seg.predict_probs
 
 def _profile(root: Path, **kw):
     settings = dict(seg_size=32, seg_epochs=3, seg_batch_size=4, seg_decoder_channels=(16, 16, 16, 16, 16),
-                    seg_lr=5e-3, image_size=24, inception_size=40, device="cpu")
+                    image_size=24, inception_size=40, device="cpu")
     return config.get_profile("real", data_dir=root, **{**settings, **kw})
 
 

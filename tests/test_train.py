@@ -272,7 +272,7 @@ def test_the_progress_bar_class_does_not_change_the_weights(tmp_path, data, monk
 
 # --------------------------------------------------------------------------- the BN trap
 def test_mobilenet_from_scratch_does_not_predict_one_class(tmp_path):
-    """DESIGN.md: torchvision's MobileNet V3 (BN momentum 0.01) trained from scratch for a
+    """torchvision's MobileNet V3 (BN momentum 0.01) trained from scratch for a
     few steps predicted one class for every image in eval mode. With momentum 0.1 and
     recalibrated statistics it must not."""
     train, val = Squares(64, 0), Squares(32, 1)

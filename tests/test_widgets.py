@@ -378,7 +378,8 @@ def test_explorer_from_attention_reuses_everything():
 
 def test_cam_layers_names_the_layer_and_its_map():
     rows = pipeline.cam_layers(SimpleNamespace(size_for=lambda arch: 64), {"resnet18": _model("resnet18")})
-    assert rows == [{"teacher": "resnet18", "input": "64×64", "layer (stride 16)": "layer3.1",
+    assert rows == [{"teacher": "resnet18", "input": "64×64", "layer (stride 8)": "layer2.1", "map (stride 8)": "8×8",
+                     "layer (stride 16)": "layer3.1",
                      "map (stride 16)": "4×4", "layer (stride 32)": "layer4.1", "map (stride 32)": "2×2"}]
 
 

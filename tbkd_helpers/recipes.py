@@ -1,0 +1,121 @@
+"""How each model is trained: one declaration per role, read by every chapter and run.
+
+A *profile* (``config``) says how big a run is: image sizes, epochs, batch size. A
+*recipe* says how a model of one role learns: optimiser, learning-rate schedule,
+augmentation, class balance, BatchNorm handling, when to stop and which epoch to keep.
+The teachers (chapter 02), the students (chapter 04), the k-fold and cross-data-set
+runs (chapter 05) and the U-Net (chapter 01) all take their settings from here, so an
+edit here changes every run that uses the role, and (through the training fingerprint,
+see ``train.fit``) retrains it.
+
+Rules every recipe follows:
+
+- *No training is cut short.* The one-cycle schedule warms up, then anneals the
+  learning rate to almost zero over exactly ``epochs``; stopping early would keep a
+  model trained at a high learning rate. Every epoch runs, and the epoch kept is the
+  one with the best validation AUC (``train.fit``; the U-Net: validation Dice).
+- *BatchNorm statistics are recomputed* for the weights being validated, before every
+  validation (``bn_recalibrate="epoch"``): from-scratch networks trained for a few
+  hundred steps otherwise validate with stale statistics (``models.recalibrate_bn``).
+- *Classes are balanced in the loss* (inverse class frequency), which is deterministic.
+
+This module imports nothing from the package: it is the lowest room, so that the data
+layer can read its augmentation and the training layer its settings.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["Augmentation", "Recipe", "CLASSIFIER_AUGMENT", "UNET_AUGMENT", "TEACHER", "STUDENT", "UNET",
+           "recipe_card"]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Label-preserving random changes of a training image (drawn anew every epoch).
+
+    Geometric (rotation in degrees, shift as a share of the side, zoom range) changes
+    move the lungs, so a map or mask that belongs to the image moves with it;
+    brightness/contrast (and gamma) change the image alone.
+    """
+
+    degrees: float = 7.0
+    translate: float = 0.05
+    scale: tuple[float, float] = (0.93, 1.07)
+    brightness: float = 0.15
+    contrast: float = 0.15
+    gamma: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: the classifiers' augmentation (teachers and students alike: the student sees the
+#: same kind of views as its teachers did)
+CLASSIFIER_AUGMENT = Augmentation()
+#: the U-Net's: a little stronger, with a gamma change (masks move with the image)
+UNET_AUGMENT = Augmentation(degrees=10.0, translate=0.06, scale=(0.9, 1.1), brightness=0.25,
+                            contrast=0.25, gamma=(0.7, 1.4))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one role trains. ``lr_by_arch`` overrides the peak learning rate per
+    architecture; ``patience`` ``None`` means every epoch runs (see the module doc)."""
+
+    role: str
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    lr_by_arch: dict = field(default_factory=dict)
+    weight_decay: float = 1e-4
+    schedule: str = "onecycle"
+    class_balance: str = "loss"
+    patience: int | None = None
+    bn_recalibrate: str = "epoch"
+    augment: Augmentation = CLASSIFIER_AUGMENT
+    keep: str = "best validation AUC"
+    why: str = ""
+
+    def lr_for(self, arch: str) -> float:
+        return float(self.lr_by_arch.get(arch, self.lr))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+TEACHER = Recipe(
+    role="teacher",
+    # VGG16 has no BatchNorm: from random weights at 1e-3 its activations blow up and it
+    # predicts one class; 2e-4 trains it. The others have BatchNorm and take 1e-3.
+    lr_by_arch={"vgg16": 2e-4},
+    why="AdamW, one-cycle to the last epoch, class-weighted cross-entropy, light affine and "
+        "contrast augmentation; every epoch runs, the best validation AUC is kept",
+)
+
+STUDENT = Recipe(
+    role="student",
+    why="the teachers' recipe, for a student that costs a few ms an image; its distillation "
+        "terms are set in the profile (kd_alpha, cam_beta, kd_temperature) and chosen on validation",
+)
+
+UNET = Recipe(
+    role="unet",
+    lr=3e-3,
+    schedule="warm-up 5 % then cosine to 1 %",
+    class_balance="none",
+    bn_recalibrate="off",
+    augment=UNET_AUGMENT,
+    keep="best validation Dice",
+    why="Dice + BCE loss, AdamW, warm-up then cosine decay; image and mask augmented together",
+)
+
+
+def recipe_card(recipe: Recipe, epochs: int, batch_size: int, arch: str | None = None) -> str:
+    """One line a chapter prints to say how a model was trained."""
+    lr = recipe.lr_for(arch) if arch else recipe.lr
+    stop = "every epoch runs" if not recipe.patience else f"early stop after {recipe.patience} flat epochs"
+    a = recipe.augment
+    return (f"{epochs} epochs, batch {batch_size}, {recipe.optimizer} lr {lr:g} ({recipe.schedule}), "
+            f"class balance by {recipe.class_balance}, BN recalibration {recipe.bn_recalibrate}, "
+            f"augment ±{a.degrees:g}° shift {a.translate:g} zoom {a.scale[0]:g}-{a.scale[1]:g}; "
+            f"{stop}, keeps the {recipe.keep}")
