@@ -15,7 +15,8 @@ cells = [
 
     1. meets the five architectures and what makes each one different,
     2. trains each of them the same way (and explains every choice: training from scratch, class
-       weighting, early stopping on validation AUC, BatchNorm recalibration),
+       weighting, every epoch of the schedule with the best validation AUC kept, BatchNorm
+       recalibration),
     3. chooses each teacher's **decision threshold on the validation split** and only then looks at
        the test split,
     4. reports accuracy, AUC, sensitivity, specificity, precision and F1 with **bootstrap 95 %
@@ -30,7 +31,7 @@ cells = [
     DATA_DIR = None         # None: phantoms (quick) or $TBKD_DATA_DIR (real/full)
     SEED = 0                # every random choice derives from it
     N_BOOT = 1000           # bootstrap resamples behind each 95 % confidence interval
-    RULE = "youden"         # threshold rule, applied on the validation split: "youden", "sens>=0.9", "0.5"
+    RULE = "youden"         # threshold rule on the validation split (the others are named below)
     PROGRESS = False        # True: progress bars while training (interactive use; see below)
     """),
     code("""
@@ -123,14 +124,16 @@ cells = [
     md("""
     ## How every teacher is trained
 
-    All five go through the same loop (`tk.train.fit`), with the same recipe:
+    All five go through the same loop (`tk.train.fit`), with the same recipe, declared once in
+    `tbkd_helpers/recipes.py` (`recipes.TEACHER`) and used by every run that trains a teacher:
 
     - **From scratch.** Offline there are no ImageNet weights to download, so every network starts
       from random weights (`profile.pretrained = False`). Where there is internet, setting
       `pretrained=True` in the profile starts them from ImageNet instead (the usual practice, and
       probably the paper's: with a few hundred X-rays, a network that already knows edges and
-      textures learns much faster). From scratch, the `quick` profile's few epochs on 64-pixel
-      phantoms are enough for some teachers and not for others: expect a wide spread below.
+      textures learns much faster). From scratch the networks need enough *steps* to get going:
+      the `quick` profile gives them 8 epochs of batches of 8 phantoms (128 steps); with a quarter
+      of that, three of the five stayed near chance.
     - **Optimiser:** AdamW with a *one-cycle* learning-rate schedule (a warm-up, then a cosine decay
       to almost zero). VGG16 gets a smaller peak learning rate (2·10⁻⁴ instead of 10⁻³): without batch
       normalisation it diverges from scratch at the larger one.
@@ -140,10 +143,16 @@ cells = [
       training split, so that a network cannot score well by calling everything the majority class.
       (Montgomery has 58 TB images in 138; pooled with Shenzhen the sets are nearly balanced, and the
       phantoms exactly so — then the weights are 1.)
-    - **Early stopping on validation AUC:** after every epoch the network is scored on the
+    - **Every epoch runs; the best one is kept.** After every epoch the network is scored on the
       validation images by its AUC (defined below), and the **best epoch is kept**, not the last.
-      Training stops when the AUC has not improved for `patience` epochs. AUC rather than accuracy,
-      because accuracy depends on a threshold that has not been chosen yet.
+      Training is never stopped early: the one-cycle schedule only anneals the learning rate in
+      its last epochs, and a run stopped before then keeps a network trained at a high learning
+      rate (in an earlier version of this kit early stopping kept the *first* epoch of three
+      teachers on the real data). AUC rather than accuracy, because accuracy depends on a
+      threshold that has not been chosen yet.
+    - **A quiet start.** Each network's last layer starts at small random weights, so its first
+      answers are near 50/50. torchvision's Inception V3 draws that layer ten times larger; from
+      scratch it then started with a loss above 2 and never recovered in a short training.
     - **BatchNorm recalibration.** Batch normalisation layers normalise each channel with the mean
       and variance of the current batch while training, and with *running* averages of them at test
       time. Those averages follow the changing weights with a delay set by their *momentum*;
@@ -163,8 +172,7 @@ cells = [
     code("""
     for arch in profile.teachers:
         s = tk.pipeline.teacher_settings(profile, arch)
-        print(f"{arch:>18}: {s.epochs} epochs, batch {s.batch_size}, {s.optimizer} lr {s.lr:g} ({s.schedule}), "
-              f"class balance by {s.class_balance}, patience {s.patience}, BN recalibration {s.bn_recalibrate}")
+        print(f"{arch:>18}: " + tk.recipes.recipe_card(tk.recipes.TEACHER, s.epochs, s.batch_size, arch))
     """, check=True),
     md("""
     ### What the `real` profile trades against the paper
@@ -181,7 +189,7 @@ cells = [
     (`make reproduce PROFILE=full`); `pretrained=True` in a profile uses ImageNet weights where
     there is internet.
 
-    Training the five (about a minute on the `quick` profile on a 2-core CPU, VGG16 a third of it). One line appears as each teacher finishes; set `PROGRESS = True` in the parameters cell for
+    Training the five (a few minutes on the `quick` profile on a 2-core CPU, VGG16 a third of it). One line appears as each teacher finishes; set `PROGRESS = True` in the parameters cell for
     progress bars per epoch (they are off by default because a cell that runs for minutes sends
     thousands of bar updates, more than a headless run such as the notebook tests keeps).
     """),
@@ -248,7 +256,7 @@ cells = [
     The rule here (`RULE = "youden"`): on the **validation split, both data sets pooled**, take the
     threshold that maximises **Youden's J = sensitivity + specificity − 1** — the point of the ROC
     curve farthest above the chance diagonal (ties: the highest threshold). Pooled, because the
-    validation split is small (on the `quick` profile 8 Montgomery and 16 Shenzhen images): one
+    validation split is small (the split table above counts its images): one
     threshold per data set would be chosen on almost nothing — and a detector in use does not know
     which hospital an image comes from. Other rules are one word away: `"sens>=0.9"` takes the
     highest threshold that still finds 90 % of the TB images (the WHO's target for a TB triage
@@ -327,11 +335,10 @@ cells = [
         print(f"{ds:>10}: the accuracy intervals are {min(w):.2f} to {max(w):.2f} wide")
     """),
     md("""
-    On the `quick` profile the test sets are tiny — 16 Montgomery and 32 Shenzhen images, half of
-    them TB — so the intervals are very wide: one Montgomery image is worth 0.06 of accuracy, and
-    teachers whose intervals overlap broadly cannot be told apart. The numbers show that the
-    machinery works and roughly how the teachers rank on phantoms, not how they would do on real
-    X-rays. The paper reports 91.2 % accuracy on Shenzhen and 85.7 % on Montgomery (for its
+    On the `quick` profile the test sets are tiny (the lines above count them and say what one
+    image is worth), so the intervals are very wide, and teachers whose intervals overlap broadly
+    cannot be told apart. The numbers show how the teachers rank on phantoms, not how they would do
+    on real X-rays. The paper reports 91.2 % accuracy on Shenzhen and 85.7 % on Montgomery (for its
     lightweight detector, as far as the abstract tells); with the real data sets the test split holds
     about 132 Shenzhen and 28 Montgomery images, and even there a Montgomery accuracy of 0.86 is
     uncertain by roughly ±0.13.

@@ -75,11 +75,12 @@ cells = [
 
     - **The map is as coarse as the layer.** At stride 32 (the classic choice, the last
       convolutional layer) a 64 px input gives a 2×2 grid — four blobs, whatever the image. The kit
-      therefore takes the last block at **stride 16** (`profile.cam_stride`), which halves the
-      cell size: 4×4 at 64 px. At the paper's 224 px the same layer gives 14×14. The table below
-      names each teacher's layer. (Inception V3 shrinks its input more aggressively: at the kit's
-      80 px its stride-32 map is a single cell — a constant map that points nowhere — and even its
-      stride-16 map is only 3×3.)
+      therefore reads an earlier block (`profile.cam_stride`): the last block at **stride 16** in
+      the `real` profile (7×7 at 112 px), and at **stride 8** in `quick`, whose 64-px phantoms
+      would otherwise get a 4×4 grid, coarser than most lesions. At the paper's 224 px the classic
+      stride-32 layer already gives 7×7. The table below names each teacher's layers. (Inception V3
+      shrinks its input more aggressively: at the kit's 80 px its stride-32 map is a single cell —
+      a constant map that points nowhere.)
     - **It explains one class.** The TB map of a normal X-ray is legitimate: it shows what would
       have argued for TB. The explorer at the end lets you switch to the normal class.
     - **It explains the model, not the disease.** A teacher that learned a shortcut gets a map of
@@ -97,8 +98,8 @@ cells = [
     ## The teachers and their Grad-CAM layers
 
     The teachers come from chapter 02's artifacts (a missing one is trained now, which takes a
-    while). For each, the layer Grad-CAM reads at stride 16 and, for comparison, the classic
-    stride-32 layer, with the size of their maps at the kit's input size:
+    while). For each, the layers at stride 8, 16 and the classic stride 32, with the size of their
+    maps at the kit's input size (this profile reads the one at stride `profile.cam_stride`):
     """),
     code("""
     teachers = {arch: tk.pipeline.train_teacher(profile, arch, prep, progress=PROGRESS)[0]
@@ -107,7 +108,7 @@ cells = [
     """, check=True),
     md("""
     (VGG16's "stride 32" layer is the ReLU after its last convolution, *before* the last max-pool,
-    so both rows name the same layer: it is already at stride 16.)
+    so two columns name the same layer: it is already at stride 16.)
 
     ## The cache the distillation reads
 
@@ -257,11 +258,30 @@ cells = [
     tk.viz.save_figure(fig, profile, "03_agreement");
     """),
     md("""
-    **Reading the table on the `quick` profile.** The phantom teachers trained for a few epochs on
-    a few hundred tiny images, and chapter 02 showed how far above chance their AUCs are: their maps
-    are not much better than their decisions. Compare every row with the chance row first. A
-    teacher whose in-lung share and pointing game sit at chance, with a ROAD score near zero, is
-    not looking at anything in particular — and its maps would teach a student nothing. On the
+    The pointing game of the teacher that chapter 04 will let guide the student (the best on
+    validation), with its 95 % interval over the test images, against the chance row:
+    """),
+    code("""
+    best = max(aucs, key=aucs.get)
+    hits = tk.cam.pointing_game(att.maps[best], att.lesions[att.sizes[best]])
+    chance = next(r for r in rows if r["teacher"] == "chance")["pointing"]
+    if np.isfinite(hits).any():
+        mean, lo, hi = tk.pipeline.mean_ci(hits, n_boot=1000, seed=profile.seed)
+        verdict = "its interval lies clear of chance" if lo > chance else "its interval reaches down to chance"
+        print(f"{best}: pointing game {mean:.2f} [{lo:.2f}, {hi:.2f}] on {int(np.isfinite(hits).sum())} TB images "
+              f"against chance {chance:.3f}: {verdict}")
+    else:
+        print(f"{best}: no lesion masks on this data set: the pointing game is undefined")
+    """),
+    md("""
+    **Reading the table on the `quick` profile.** Compare every row with the chance row first. On
+    the phantoms the lesions are the only difference between the classes, so a teacher that learned
+    the task *should* look at them: the line above says whether the guide's map peaks on a lesion
+    more often than a random pixel would. The other teachers differ — chapter 02 showed how far
+    above chance each one's AUC is, and a teacher can rank the images well from evidence spread over
+    the lungs that no single peak captures. A teacher whose in-lung share and pointing game sit at
+    chance, with a ROAD score near zero, is not looking at anything in particular — and its maps
+    would teach a student nothing. On the
     `real` profile the same table says whether the teachers look into the lungs at all (after
     lung extraction, everything outside them is black: a map on the border or the background
     points at a shortcut, such as the shape of the mask) and which teacher's maps are worth

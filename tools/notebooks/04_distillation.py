@@ -43,8 +43,8 @@ cells = [
     CAM_LOSS = "mse"        # the map term D: "mse", "l1" or "at" (attention transfer)
     N_BOOT = 1000           # bootstrap resamples behind each 95 % confidence interval
     RULE = "youden"         # threshold rule, applied on the validation split
-    OPTIONS = [("cam", "best", "l1"), ("cam", "best", "at"), ("cam", "fusion", "mse")]  # extra students
-    PROGRESS = True         # progress bars while training
+    OPTIONS = [("cam", "best", "at"), ("cam", "fusion", "mse")]  # extra students, e.g. add ("cam", "best", "l1")
+    PROGRESS = False        # True: progress bars while training (interactive use)
     """),
     code("""
     import numpy as np
@@ -104,6 +104,13 @@ cells = [
     its pull does not fade as the student gets close. (Their attention maps are built from a layer's
     activations, $\sum_c |A_c|^2$, with no gradient; here the same distance is applied to Grad-CAM
     maps, the maps the paper distils.)
+
+    Two details of the map term. It is computed on the **TB images** of each batch only
+    (`DistillSettings.cam_images`): the map of the TB class explains a TB image, while on a normal
+    image the teacher's TB map marks nothing real and would teach noise. And the student's map enters
+    the loss **before** Grad-CAM's final ReLU (`differentiable_gradcam(..., relu=False)`): a student
+    trained from scratch often starts with a map that the ReLU zeroes everywhere, and a zero map
+    passes no gradient, so it could never learn to light up.
 
     **Why should a student look where the teacher looks?** Zagoruyko & Komodakis found that students
     made to reproduce a teacher's spatial attention learn better than from labels alone: the map is
@@ -243,8 +250,8 @@ cells = [
     changes no value, so a checkpoint trained either way loads into the other.
 
     Now the map term on a real batch, with a freshly initialised student. The student's map comes
-    from its last block at stride 16 (`profile.cam_stride`), so a 64-px image (the `quick` size)
-    gives a 4×4 grid; the guide's 16-px map is shrunk to it by averaging. The cell splits the map
+    from the block at `profile.cam_stride` (stride 8 on `quick`: an 8×8 grid at 64 px); the
+    guide's stored map is resized to it by averaging. The cell splits the map
     term's gradient at the student's **first** convolution into the part that flows through the
     activations $A^k$ and the part that flows through the channel weights $w_k$ — the part that
     exists only with `create_graph=True`.
@@ -303,8 +310,9 @@ cells = [
 
     The ablation trains the four variants with **the same seed** (so the same initial weights),
     **the same data** (the same lung-extracted training images, shuffled and augmented from the same
-    seed), the same optimiser, schedule, epoch budget and early stopping on validation AUC as the
-    teachers, and BatchNorm recalibration before every validation (MobileNet's trap of chapter 02).
+    seed), the teachers' recipe (`recipes.STUDENT`: the same optimiser and schedule, every epoch
+    run and the best validation AUC kept), and BatchNorm recalibration before every validation
+    (MobileNet's trap of chapter 02).
     Only the loss differs. Each student goes to
     `artifacts/<profile>/students/<variant>-<guide>/` and is loaded, not retrained, on a second run.
     """),
@@ -401,40 +409,31 @@ cells = [
     md("""
     ### Reading the ablation honestly
 
-    Read the intervals before the values. On the `quick` profile (the committed outputs):
+    Read the intervals before the values, and the verdict lines above before any story.
 
-    - **Accuracy and AUC do not tell the students apart.** Their AUCs lie between about 0.57 and
-      0.64, each with an interval about 0.3 wide, all overlapping — and all far below the guiding
-      teacher's (about 0.93). The order of the four values is noise: another seed would shuffle it.
-      Six epochs from scratch on 168 phantom images do not make a detector, and no distillation term
-      closes that gap here. This chapter shows that the machinery works, not that distillation
-      helps. The paper's claim (91.2 % accuracy on Shenzhen, 85.7 % on Montgomery) needs the `real`
-      profile, and even there a Montgomery test split of 28 images is uncertain by about ±0.13.
-    - **Sensitivity, specificity and F1 swing widely** (`cam` finds few TB images, `kd+cam` many)
-      because the students' probabilities crowd around 0.5 (see the gallery's titles below): a
-      threshold chosen on 24 validation images falls on one side or the other of that crowd. That
-      is the threshold's doing, not knowledge. The validation AUCs above (0.72–0.87) are higher than
-      the test AUCs for the same reason in another guise: the kept epoch was chosen on those 24
-      images, which flatters them.
-    - **Agreement with the guide is where the map term shows.** `ce` and `kd`, which never saw a
-      map, agree with the guide about as much as chance (near 0); `kd+cam` reaches about 0.44, its
-      interval clear of theirs: it learned on the training images to look where the teacher looks,
-      and carries that over to test images it never saw. `cam` alone got less far (about 0.15):
-      early stopping picks the epoch by validation AUC, not by agreement, and kept its 2nd epoch,
-      while `kd+cam` kept its 6th.
-    - **In-lung share.** The students put 39–51 % of their maps' mass inside the lungs, against a
-      chance level of 39 % (a map spread evenly); the teacher about 61 %. Only `kd+cam`, the student
-      that copied the maps best, is clearly above chance. The rest of a map lies on the blacked-out
-      background of the lung-extracted image: a 4×4 Grad-CAM grid (a 64-px image at stride 16) is
-      too coarse to follow the lungs' outline — one reason the `real` profile uses larger images.
+    - **Accuracy and AUC.** Where the students' intervals overlap, the test split cannot tell them
+      apart, and the order of their values is noise: another seed would shuffle it. Compare them
+      with the guide's row too: a student far below its guide has not absorbed what the guide
+      knows, whatever its loss.
+    - **Sensitivity, specificity and F1** swing more than AUC: they depend on a threshold chosen on
+      the few validation images, and a student whose probabilities crowd around 0.5 lands on one
+      side or the other of it. The validation AUCs printed earlier are higher than the test AUCs for
+      a related reason: the kept epoch was chosen on those validation images, which flatters them.
+    - **Agreement with the guide is where the map term should show.** `ce` and `kd` never saw a map,
+      so their agreement is the baseline. If the `cam` students' intervals lie above it, the map term
+      taught them to look where the teacher looks, on test images they never saw; if not, it did
+      not, in this run.
+    - **In-lung share** against the chance level printed above (a map spread evenly): a student
+      above it looks at the lungs more than a blind map would.
     - The bootstrap intervals only cover *which test images* happened to be drawn. Training the same
       variants with other seeds adds the seed-to-seed spread on top — the honest next step before
       claiming that one variant is better (`SEED = 1, 2, …`).
 
     ### Other map losses, and the fused guide
 
-    The same `cam` student (maps only, no soft predictions), with the map term computed by L1 or by
-    attention transfer instead, and guided by the validation-weighted fusion of all five teachers.
+    The same `cam` student (maps only, no soft predictions), with the map term computed by attention
+    transfer instead, and guided by the validation-weighted fusion of all five teachers (`OPTIONS`
+    in the parameters cell; add `("cam", "best", "l1")` for the L1 distance).
     Each student's agreement is measured with *its own* guide's test maps.
     """),
     code("""
@@ -457,15 +456,12 @@ cells = [
               f"agreement with its guide ({s['guide']}) {a['agreement']:.2f}")
     """),
     md("""
-    The same caution holds: on `quick` most of these differences are within the intervals. One is
-    not: the L1 student calls no test image TB at its validation threshold and its AUC interval
-    straddles 0.5 — in this run it learned nothing usable. Attention transfer reaches the highest
-    agreement of the `cam` students, and the fused guide's student the best AUC and F1, both by
-    margins the intervals do not support. What to look for on real data: L1 and attention transfer
-    keep pulling when the maps are already close (their gradients do not shrink with the
-    difference, unlike the squared error's), which tends to buy agreement at some cost to the label
-    term; the fused guide's maps are smoother (an average of several opinions, weighted by
-    validation AUC), and its soft targets less tied to one teacher's quirks.
+    The same caution holds: compare each value with its interval and with the `cam` student of the
+    main ablation (first row). What to look for on real data: L1 and attention transfer keep pulling
+    when the maps are already close (their gradients do not shrink with the difference, unlike the
+    squared error's), which tends to buy agreement at some cost to the label term; the fused guide's
+    maps are smoother (an average of several opinions, weighted by validation AUC), and its soft
+    targets less tied to one teacher's quirks.
 
     ## Where the students look
 

@@ -35,7 +35,7 @@ cells = [
     CV_MODELS = None        # None: the CE student (every teacher too in the full profile)
     CV_EPOCHS = None        # None: 3 on quick, the profile's student epochs otherwise
     LATENCY_REPEATS = 10    # forward passes behind each median latency
-    PROGRESS = True         # progress bars while training
+    PROGRESS = False        # True: progress bars while training (interactive use)
     """),
     code("""
     import numpy as np
@@ -278,15 +278,39 @@ cells = [
     tk.viz.save_figure(fig, profile, "05_cross_dataset");
     """),
     md("""
+    ## Where each model looks
+
+    Accuracy says whether a model is right; its Grad-CAM map says *what it used*. For every model, on
+    the test images (chapter 03 explains the measures):
+
+    - **in-lung share**: how much of the map's mass lies inside the U-Net's lung mask;
+    - **pointing game**: how often the map's peak lands on a lesion, and **lesion share**: how much of
+      its mass lies on lesions — both only where the lesions are known (the phantoms; real X-rays come
+      without lesion masks, so these read `n/a` there);
+    - **agreement with guide**: the correlation with the guiding teacher's map of the same image (1 for
+      the guide itself).
+
+    Each figure has its 95 % interval (the test images resampled), and the first line gives what a map
+    without information scores — a uniform map's in-lung and lesion shares, a random peak's chance of
+    landing on a lesion. A figure means something only where its interval lies clear of that line.
+    """),
+    code("""
+    loaded = {name: (tk.pipeline.load_classifier(s["dir"] / "best.pt"), s["arch"]) for name, s in specs.items()}
+    attention = tk.pipeline.attention_report(profile, prep, loaded, n_boot=N_BOOT)
+    print(f"guide: {attention['guide']}; {attention['n_images']} test images")
+    print("\\n".join(tk.pipeline.attention_lines(attention)))
+    """),
+    md("""
     ## Everything in one file
 
     `results/<profile>/results.json` holds all of the above: per model its checkpoint (and SHA-256),
     validation AUC and saved threshold; the test metrics with intervals; the WHO operating points; the
-    costs; the folds and their summary; the cross-data-set runs; the comparison with the paper. The
+    costs; the folds and their summary; the cross-data-set runs; the comparison with the paper; where
+    each model looks, with the chance levels. The
     keys of the file are sorted; `model_order` gives the reading order.
     """),
     code("""
-    results = tk.results.assemble(profile, specs, preds, test, who, cost, cv, cross, N_BOOT, thresholds)
+    results = tk.results.assemble(profile, specs, preds, test, who, cost, cv, cross, N_BOOT, thresholds, attention)
     path = tk.results.write(results, profile)
     back = tk.results.load(profile)
     assert back["model_order"] == list(specs) and set(back["test"]) == set(specs)
