@@ -69,7 +69,7 @@ class Profile:
     student_epochs: int = 5
     kd_alpha: float = 1.0  # weight of logit distillation (T^2 KL)
     kd_temperature: float = 4.0
-    cam_beta: float = 1.0  # weight of the Grad-CAM term (2 - 2 cos for "mse": in [0, 2])
+    cam_beta: float = 1.0  # weight of the Grad-CAM term (2 - 2 cos for "mse": in [0, 4] for a signed map)
     kfold: int = 3
     # hardware
     device: str = "auto"  # "auto" picks CUDA when present

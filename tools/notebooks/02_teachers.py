@@ -72,14 +72,15 @@ cells = [
     - **VGG16** (Simonyan & Zisserman, 2015): the plain deep network — 13 layers of 3×3
       convolutions with max-pooling in between, then three fully connected layers; no shortcuts,
       no batch normalisation. The simplest design here and the heaviest: torchvision's VGG16 ends
-      in fully connected layers of 4096 units that hold 124 of its 134 million parameters. They
+      in fully connected layers of 4096 units that hold about 120 of its 134 million parameters (with
+      the kit's two-class head). They
       were made for 224-px inputs, whose last feature map is 7×7. At the `quick` profile's 64 px
       it is 2×2, and the network copies each value into a 7×7 grid so that the 102 million
       weights of the first layer fit; updating them made VGG16 two thirds of this chapter's time.
       So `quick` builds VGG16 with a **small head** (`profile.vgg_head = "gap"`): the average of
       each of the 512 channels, then the same three layers at width 512. The 13 convolutions, and
-      with them the Grad-CAM layer, are VGG16's own; the `real` and `full` profiles keep
-      torchvision's head.
+      with them the Grad-CAM layer, are VGG16's own. `real` uses the small head too (at 112 px the last map is only 3×3); `full`,
+      at the paper's 224 px, keeps torchvision's head.
 
     Every model in the kit takes the same input: **one channel** (an X-ray is grey) of values in
     [0, 1]. The first convolution is cut down to one input channel and the normalisation happens
@@ -133,7 +134,8 @@ cells = [
       probably the paper's: with a few hundred X-rays, a network that already knows edges and
       textures learns much faster). From scratch the networks need enough *steps* to get going:
       the `quick` profile gives them 8 epochs of batches of 8 phantoms (128 steps); with a quarter
-      of that, three of the five stayed near chance.
+      of that, three of the five stayed near chance. Even so, not every teacher need clear chance on
+      the test split: compare each AUC interval with 0.5 in the table below.
     - **Optimiser:** AdamW with a *one-cycle* learning-rate schedule (a warm-up, then a cosine decay
       to almost zero). VGG16 gets a smaller peak learning rate (2·10⁻⁴ instead of 10⁻³): without batch
       normalisation it diverges from scratch at the larger one.
@@ -211,7 +213,7 @@ cells = [
     than chance. A loss that stays at ln 2 ≈ 0.69 means the network still answers 50/50 for every
     image: it has not started to learn. Plain deep networks without batch normalisation or shortcuts
     (VGG16) are the slowest to get going from random weights, which is one reason the later
-    architectures added them. With only a handful of epochs from scratch and 24 validation images,
+    architectures added them. With a short training from scratch and the few validation images of the split table,
     the curves are short and jumpy — one image more or less on the right side moves the AUC by
     several hundredths; the `real` and `full` profiles train longer on more images.
     """),
@@ -310,7 +312,9 @@ cells = [
     "how much would this number move on another test set of the same size?". The threshold and the
     network stay fixed, so it does not include the variation from training again with another seed.
 
-    **Read the width before the value.** A small test set gives a wide interval, and two teachers
+    **Read the width before the value.** A perfect score gives a zero-width interval (`1.00 [1.00,
+    1.00]`): every resample is perfect too, and that is not certainty. Otherwise a small test set
+    gives a wide interval, and two teachers
     whose intervals overlap broadly are not shown to differ.
     """),
     code("""
@@ -412,7 +416,7 @@ cells = [
 
     *Things to try:* set `RULE = "sens>=0.9"` and watch sensitivity rise and specificity fall;
     set `N_BOOT = 200` and see the interval ends wobble; train longer
-    (`tk.config.get_profile(PROFILE, teacher_epochs=8)`) and compare the curves; on a machine with
+    (`teacher_epochs=` more than the number printed at the top, e.g. `tk.config.get_profile(PROFILE, teacher_epochs=16)`) and compare the curves; on a machine with
     internet, `pretrained=True`.
     """),
 ]

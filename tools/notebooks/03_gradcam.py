@@ -190,7 +190,8 @@ cells = [
     ### One X-ray, several methods
 
     The same X-ray (the first true positive above, or the first TB test image) under the methods
-    of pytorch-grad-cam, for the teacher with the best validation AUC. Where the methods agree, the
+    of pytorch-grad-cam, for the teacher with the best validation AUC (a tie goes to the first in
+    the profile's order; chapter 02 prints the AUCs). Where the methods agree, the
     picture is robust; where they differ, remember that each answers a slightly different question.
     """),
     code("""
@@ -281,7 +282,9 @@ cells = [
     above chance each one's AUC is, and a teacher can rank the images well from evidence spread over
     the lungs that no single peak captures. A teacher whose in-lung share and pointing game sit at
     chance, with a ROAD score near zero, is not looking at anything in particular — and its maps
-    would teach a student nothing. On the
+    would teach a student nothing. Read the guide's ROAD too: a pointing game above chance with a
+    ROAD near zero means its peaks find lesions, but its confidence does not demonstrably rest on
+    them. On the
     `real` profile the same table says whether the teachers look into the lungs at all (after
     lung extraction, everything outside them is black: a map on the border or the background
     points at a shortcut, such as the shape of the mask) and which teacher's maps are worth

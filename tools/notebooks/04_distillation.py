@@ -8,7 +8,7 @@ cells = [
     The paper's last step turns the five teachers of chapter 02 and their Grad-CAM maps of
     chapter 03 into one **lightweight, interpretable** TB detector. The student here is
     **MobileNet V3 Small**: 1.5 million parameters with its two-class head, a third of MobileNet V3
-    Large's and under a ninetieth of torchvision's VGG16 (a tenth of the small-headed VGG16 of the
+    Large's and about a ninetieth of torchvision's VGG16 (a tenth of the small-headed VGG16 of the
     `quick` profile; the table near the end); any model of the kit's registry can take its place.
 
     A teacher can pass on three things, and the student's loss has one term for each:
@@ -98,8 +98,9 @@ cells = [
     D_{\mathrm{at}} = \big\lVert \hat M_s - \hat M_g \big\rVert_2 .
     $$
 
-    $D_{\mathrm{mse}}$ lies in $[0, 2]$ whatever the map size (the default, with $\beta = 1$ it
-    weighs about as much as the cross-entropy at the start). $D_{\mathrm{at}}$ is the distance of
+    $D_{\mathrm{mse}}$ lies in $[0, 2]$ for two non-negative maps and in $[0, 4]$ for the signed
+    student map used in training (below), whatever the map size; the cell further down prints its
+    size against the cross-entropy's at the start. $D_{\mathrm{at}}$ is the distance of
     *attention transfer* (Zagoruyko & Komodakis 2017, eq. 2): the same difference, not squared, so
     its pull does not fade as the student gets close. (Their attention maps are built from a layer's
     activations, $\sum_c |A_c|^2$, with no gradient; here the same distance is applied to Grad-CAM
@@ -152,9 +153,9 @@ cells = [
         print(f"{arch:>18}  {val_auc[arch]:7.3f}  {weights['best'][arch]:13.2f}  {weights['fusion'][arch]:15.2f}")
     """),
     md("""
-    On the `quick` profile the validation split holds only a couple of dozen images, so the ranking
-    of teachers with close AUCs is itself uncertain — another seed could crown another teacher. The
-    fused guide hedges that bet.
+    The validation split is small (chapter 02's split table counts it), so the ranking of teachers
+    with close AUCs is itself uncertain — two can even tie, and a tie goes to the first in sorted
+    order; another seed could crown another teacher. The fused guide hedges that bet.
 
     ## The guide comes from the cache
 
@@ -249,7 +250,9 @@ cells = [
     the first batch (older PyTorch versions lacked hard-swish's too; the kit swaps both). The swap
     changes no value, so a checkpoint trained either way loads into the other.
 
-    Now the map term on a real batch, with a freshly initialised student. The student's map comes
+    Now a map term like the training one on a real batch, with a freshly initialised student (here
+    on the whole batch and after the ReLU, as chapter 03's maps are; training uses the TB images
+    and the signed map). The student's map comes
     from the block at `profile.cam_stride` (stride 8 on `quick`: an 8×8 grid at 64 px); the
     guide's stored map is resized to it by averaging. The cell splits the map
     term's gradient at the student's **first** convolution into the part that flows through the
@@ -358,7 +361,7 @@ cells = [
       as the chance level;
     - **agreement with guide**: the Pearson correlation, image by image, between the student's map
       and the guiding teacher's map of the *same test image* (computed by the teacher, from the
-      stage-3 cache of the test split), averaged over images. 1: the same shape, 0: unrelated.
+      chapter 03's teacher maps of the test images, cached the same way), averaged over images. 1: the same shape, 0: unrelated.
       The `ce` and `kd` students never saw a map: their agreement is the baseline the map term
       should lift.
 
@@ -417,8 +420,8 @@ cells = [
       knows, whatever its loss.
     - **Sensitivity, specificity and F1** swing more than AUC: they depend on a threshold chosen on
       the few validation images, and a student whose probabilities crowd around 0.5 lands on one
-      side or the other of it. The validation AUCs printed earlier are higher than the test AUCs for
-      a related reason: the kept epoch was chosen on those validation images, which flatters them.
+      side or the other of it. The validation AUCs printed earlier can flatter a student for a
+      related reason: the kept epoch was chosen on those images. Compare them with the test column.
     - **Agreement with the guide is where the map term should show.** `ce` and `kd` never saw a map,
       so their agreement is the baseline. If the `cam` students' intervals lie above it, the map term
       taught them to look where the teacher looks, on test images they never saw; if not, it did
@@ -468,7 +471,7 @@ cells = [
     Rows: test images — the TB images the guide is surest of and the normal image it is surest of.
     Columns: the X-ray (lungs outlined in cyan, the phantoms' known lesions in red), the guiding
     teacher's map, and each student's map of the TB class. A panel's title gives that model's P(TB),
-    red when its decision was wrong. Look whether the `cam` students' maps take the guide's shape
+    red when its decision was wrong. Check the gallery against the agreement column above, which says whether, in this run, any student's maps took the guide's shape
     while `ce`'s and `kd`'s go their own way.
     """),
     code("""

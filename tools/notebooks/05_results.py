@@ -116,7 +116,7 @@ cells = [
 
     Keep in mind what differs. The paper does not say how its models were trained; starting from
     ImageNet weights at 224 px and training for longer is the usual practice. The kit's `quick` profile
-    trains tiny networks from scratch for a few epochs on synthetic phantoms — its verdicts say nothing
+    trains the full networks from scratch on tiny (64-px) synthetic phantoms for a few epochs — its verdicts say nothing
     about the paper, they only show the machinery — and the `real` profile reduces sizes and epochs to
     fit a laptop CPU.
     """),
@@ -225,7 +225,9 @@ cells = [
     **k-fold cross-validation** cuts all the images into *k* folds (stratified by data set and class); each
     fold is held out once while a model trains on the other *k* − 1 (a part of them set aside as
     validation, for the best epoch and the threshold), so every image is tested exactly once. The spread
-    of the *k* results (mean ± standard deviation) shows how much the figure depends on the split.
+    of the *k* results (mean ± standard deviation) shows how much the figure depends on the split. The
+    folds train `CV_EPOCHS` epochs, which on `quick` is fewer than chapter 04's student: read the spread,
+    not the mean against the test-split figure.
 
     **What is cross-validated, and why.** The student's network trained with plain cross-entropy (the
     `ce` student, with chapter 04's recipe). An honest cross-validation of the *distilled* student would
@@ -260,7 +262,9 @@ cells = [
     learned one set's quirks can fail on the other, and a clinic's X-rays will always be "the other set".
     Here the student's network learns on **one** set (its train part; best epoch and threshold on its
     validation part) and is tested on **every** image of the other set — none of which it saw — next to
-    its own set's test split for comparison. The gap between the two bars is what a new site costs.
+    its own set's test split for comparison. The gap between the two bars is what a new site costs,
+    provided the in-domain bar is clear of chance: these runs train only `CV_EPOCHS` epochs, and on
+    `quick` a model at chance at home shows no such gap.
     """),
     code("""
     cross = tk.results.cross_dataset(profile, prep, n_boot=N_BOOT, epochs=CV_EPOCHS, progress=PROGRESS)
@@ -287,8 +291,8 @@ cells = [
     - **pointing game**: how often the map's peak lands on a lesion, and **lesion share**: how much of
       its mass lies on lesions — both only where the lesions are known (the phantoms; real X-rays come
       without lesion masks, so these read `n/a` there);
-    - **agreement with guide**: the correlation with the guiding teacher's map of the same image (1 for
-      the guide itself).
+    - **agreement with guide**: the correlation with the guiding teacher's map of the same image (about
+      1 for the guide itself: its maps recomputed here against its cached ones).
 
     Each figure has its 95 % interval (the test images resampled), and the first line gives what a map
     without information scores — a uniform map's in-lung and lesion shares, a random peak's chance of
