@@ -95,6 +95,7 @@ class Profile:
         return results_dir(self.name)
 
 
+REAL_TEACHERS = tuple("vgg16_bn" if t == "vgg16" else t for t in TEACHERS)
 SMP_DECODER = (256, 128, 64, 32, 16)  # segmentation-models-pytorch's default U-Net decoder widths
 PROFILES: dict[str, Profile] = {
     # quick: VGG16 with the "gap" head (why: models.VGG_HEADS); the classic head was 101 s
@@ -114,8 +115,11 @@ PROFILES: dict[str, Profile] = {
     # VGG16 takes the "gap" head here too: torchvision's classifier (102 M weights) is made
     # for the 7x7 maps of 224-px inputs; at 112 px the last map is 3x3, and 560 images
     # cannot train that many weights from scratch (its Montgomery AUC was 0.47).
+    # And VGG16 with batch normalisation (torchvision's vgg16_bn): the plain VGG16, from random
+    # weights on the real X-rays, kept a training loss of ln 2 for 5 of its 10 epochs (it had not
+    # started to learn); vgg16_bn learns at the other teachers' learning rate.
     "real": Profile(
-        name="real", data="real", vgg_head="gap", seg_size=128, seg_epochs=25, seg_decoder_channels=SMP_DECODER, image_size=112,
+        name="real", data="real", vgg_head="gap", teachers=REAL_TEACHERS, seg_size=128, seg_epochs=25, seg_decoder_channels=SMP_DECODER, image_size=112,
         inception_size=144, teacher_epochs=10, batch_size=32, student_epochs=20,
         kfold=5,
     ),

@@ -23,9 +23,10 @@ def test_no_recipe_stops_before_its_schedule_has_annealed(recipe):
 
 
 @pytest.mark.parametrize("name", ["quick", "real", "full"])
-@pytest.mark.parametrize("arch", TEACHERS)
-def test_teacher_settings_are_the_teacher_recipe(name, arch):
+@pytest.mark.parametrize("i", range(len(TEACHERS)))
+def test_teacher_settings_are_the_teacher_recipe(name, i):
     prof = get_profile(name)
+    arch = prof.teachers[i]
     s = pipeline.teacher_settings(prof, arch)
     r = recipes.TEACHER
     assert (s.optimizer, s.schedule, s.class_balance, s.bn_recalibrate, s.weight_decay) == (

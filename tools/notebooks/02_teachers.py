@@ -79,8 +79,10 @@ cells = [
       weights of the first layer fit; updating them made VGG16 two thirds of this chapter's time.
       So `quick` builds VGG16 with a **small head** (`profile.vgg_head = "gap"`): the average of
       each of the 512 channels, then the same three layers at width 512. The 13 convolutions, and
-      with them the Grad-CAM layer, are VGG16's own. `real` uses the small head too (at 112 px the last map is only 3×3); `full`,
-      at the paper's 224 px, keeps torchvision's head.
+      with them the Grad-CAM layer, are VGG16's own. `real` uses the small head too (at 112 px the last map is only 3×3), and
+      adds batch normalisation (`vgg16_bn`): on the real X-rays the plain VGG16 had not started to
+      learn after half of its 10 epochs from random weights (its training loss stayed at ln 2).
+      `full`, at the paper's 224 px, keeps the paper's VGG16 and torchvision's head.
 
     Every model in the kit takes the same input: **one channel** (an X-ray is grey) of values in
     [0, 1]. The first convolution is cut down to one input channel and the normalisation happens
