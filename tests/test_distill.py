@@ -10,12 +10,7 @@ from tbkd_helpers import cam, distill, models
 from tbkd_helpers.data import Record
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_hard_activations_are_equal_and_twice_differentiable():

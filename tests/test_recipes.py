@@ -9,12 +9,7 @@ from tbkd_helpers import data, models, pipeline, recipes, results
 from tbkd_helpers.config import TEACHERS, get_profile
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("recipe", [recipes.TEACHER, recipes.STUDENT, recipes.UNET], ids=lambda r: r.role)
