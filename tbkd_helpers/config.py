@@ -64,6 +64,9 @@ class Profile:
     cam_stride: int = 16  # Grad-CAM layer: last block at stride 8 (quick's 64 px), 16 (finer maps) or 32 (classic)
     cam_size: int = 16  # cached teacher maps are stored at this size (px)
     cam_method: str = "gradcam"
+    guide_views: int = 0  # fixed augmented views per training image on which the guide's logits and
+    # maps are cached (the student trains on exactly those views); 0: maps warped with the image,
+    # logits of the unaugmented image
     # stage 4: student
     student: str = "mobilenet_v3_small"
     student_epochs: int = 5
@@ -107,7 +110,7 @@ PROFILES: dict[str, Profile] = {
     # lesions. The student costs a few ms an image: 15 epochs (240 steps) let the map term act
     # (at 5 its maps had not moved towards the guide's).
     "quick": Profile(name="quick", data="phantom", vgg_head="gap", phantom_difficulty=0.0, teacher_epochs=8,
-                     batch_size=8, cam_stride=8, student_epochs=15),
+                     batch_size=8, cam_stride=8, student_epochs=15, guide_views=6),
     # real: sized to the 90-minute budget of a 2-core CPU. Measured training cost per image
     # (batch 32) at 128 px: VGG16 271 ms, Inception V3 (160 px) 73, DenseNet121 65,
     # ResNet18 29, MobileNet V3 Large 14, Small 6 -- VGG16 alone is 60 % of the teachers.
@@ -121,7 +124,7 @@ PROFILES: dict[str, Profile] = {
     "real": Profile(
         name="real", data="real", vgg_head="gap", teachers=REAL_TEACHERS, seg_size=128, seg_epochs=25, seg_decoder_channels=SMP_DECODER, image_size=112,
         inception_size=144, teacher_epochs=10, batch_size=32, student_epochs=20,
-        kfold=5,
+        kfold=5, guide_views=4,
     ),
     # full: the paper's sizes. At 224 px the classic Grad-CAM layer (the last block, stride 32)
     # already gives 7x7 maps (8x8 for Inception V3 at 299 px), so full uses it: the finer
@@ -131,7 +134,7 @@ PROFILES: dict[str, Profile] = {
     "full": Profile(
         name="full", data="real", seg_size=256, seg_epochs=60, seg_batch_size=16, seg_decoder_channels=SMP_DECODER,
         image_size=224, inception_size=299, teacher_epochs=40, batch_size=32,
-        student_epochs=60, kfold=5, cam_stride=32,
+        student_epochs=60, kfold=5, cam_stride=32, guide_views=8,
     ),
 }
 

@@ -604,6 +604,79 @@ def augmenters(aug=None):
             v2.ColorJitter(brightness=a.brightness, contrast=a.contrast))
 
 
+#: the columns of :func:`view_params`: rotation (degrees), shift (share of the side, x and y),
+#: zoom, brightness and contrast factors
+VIEW_COLUMNS = ("degrees", "shift_x", "shift_y", "zoom", "brightness", "contrast")
+
+
+def view_params(n_images: int, n_views: int, seed: int, aug=None) -> np.ndarray:
+    """``(n_images, n_views, 6)`` fixed random views (:data:`VIEW_COLUMNS`), drawn from
+    the recipe's augmentation ranges with a seeded generator.
+
+    A view is stated in units that do not depend on the image size, so the same view can
+    be shown to a teacher at its size and to the student at its own
+    (:func:`apply_view`): that is how a teacher's logits and Grad-CAM map belong to the
+    very view the student trains on.
+    """
+    from .recipes import CLASSIFIER_AUGMENT
+
+    a = aug or CLASSIFIER_AUGMENT
+    rng = np.random.default_rng(seed)
+    shape = (n_images, n_views)
+    out = np.stack([rng.uniform(-a.degrees, a.degrees, shape),
+                    rng.uniform(-a.translate, a.translate, shape),
+                    rng.uniform(-a.translate, a.translate, shape),
+                    rng.uniform(a.scale[0], a.scale[1], shape),
+                    rng.uniform(1 - a.brightness, 1 + a.brightness, shape),
+                    rng.uniform(1 - a.contrast, 1 + a.contrast, shape)], axis=-1)
+    return out.astype(np.float32)
+
+
+def apply_view(x, params):
+    """Image ``x`` ``(1, H, W)`` in [0, 1] seen through one row of :func:`view_params`:
+    rotated, shifted and zoomed about its centre, then brightness and contrast."""
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as TF
+
+    deg, sx, sy, zoom, bright, contrast = (float(v) for v in params)
+    h, w = x.shape[-2:]
+    y = TF.affine(x, angle=deg, translate=[round(sx * w), round(sy * h)], scale=zoom, shear=[0.0, 0.0],
+                  interpolation=v2.InterpolationMode.BILINEAR)
+    y = TF.adjust_contrast(TF.adjust_brightness(y, bright), contrast)
+    return y.clamp(0, 1)
+
+
+class ViewsDataset:
+    """Every image of ``base`` (a ``CXRDataset`` without augmentation) seen through its
+    fixed views: row ``i * n_views + v`` is image ``i`` through ``params[i, v]``.
+
+    Its images are computed once and held in memory (``images``), so a CAM cache can
+    fingerprint them like a ``CXRDataset``'s; its records' keys are ``"<key>@<v>"``.
+    """
+
+    def __init__(self, base, params: np.ndarray):
+        import torch
+
+        params = np.asarray(params, np.float32)
+        if params.ndim != 3 or params.shape[0] != len(base) or params.shape[2] != len(VIEW_COLUMNS):
+            raise ValueError(f"view parameters of shape {params.shape} for {len(base)} images")
+        self.params = params
+        self.n_views = params.shape[1]
+        self.augment = False
+        self.records = [dataclasses.replace(r, key=f"{r.key}@{v}")
+                        for r in base.records for v in range(self.n_views)]
+        self.images = torch.stack([apply_view(base.images[i], params[i, v])
+                                   for i in range(len(base)) for v in range(self.n_views)]) \
+            if len(base) else base.images[:0]
+        self.labels = base.labels.repeat_interleave(self.n_views)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+
 def _augmenter():
     from torchvision.transforms import v2
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cam as _cam
-from .data import CXRDataset, augmenters
+from .data import CXRDataset, ViewsDataset, augmenters
 
 VARIANTS = ("ce", "kd", "cam", "kd+cam")
 
@@ -168,29 +168,43 @@ class DistillDataset(torch.utils.data.Dataset):
     """``(image, label, guide map, guide logits)`` for each training image.
 
     ``base`` holds the images (a ``CXRDataset`` made without augmentation, in the same
-    order as the guide). With ``augment``, one random rotation/shift/zoom is applied
-    to the image and its guide map together (the map is brought to the image's size,
-    stacked as a second channel, transformed, and shrunk back), then brightness and
-    contrast change on the image alone.
+    order as the guide). Two ways to augment:
+
+    - ``views`` (``data.view_params``, ``(N, V, 6)``), with a guide built on those views
+      (one row per image and view, keys ``"<key>@<v>"``): each draw picks one of the
+      image's V fixed views, and the teacher's logits and map are those of *that view*
+      (the teacher saw exactly what the student sees: "consistent" distillation);
+    - ``augment`` without views: one random rotation/shift/zoom is applied to the image
+      and its guide map together (the map is brought to the image's size, stacked as a
+      second channel, transformed, and shrunk back), then brightness and contrast change
+      on the image alone; the logits stay those of the unaugmented image.
     """
 
-    def __init__(self, base: CXRDataset, guide: Guide, augment: bool = False):
-        if len(base) != len(guide):
-            raise ValueError(f"{len(base)} images but {len(guide)} guide maps")
-        if guide.ids and [r.key for r in base.records] != guide.ids:
-            raise ValueError("the guide's images are not the data set's images (order or content)")
+    def __init__(self, base: CXRDataset, guide: Guide, augment: bool = False, views: np.ndarray | None = None):
+        self.n_views = 0 if views is None else int(np.asarray(views).shape[1])
+        keys = [r.key for r in base.records]
+        if self.n_views:
+            keys = [f"{k}@{v}" for k in keys for v in range(self.n_views)]
+        if len(keys) != len(guide):
+            raise ValueError(f"{len(keys)} images (and views) but {len(guide)} guide maps")
+        if guide.ids and keys != guide.ids:
+            raise ValueError("the guide's images are not the data set's images (order, content or views)")
         self.base = base
         self.labels = base.labels  # for class balancing in train.fit
         self.records = base.records
         self.cams = torch.from_numpy(np.ascontiguousarray(guide.cams, dtype=np.float32))
         self.logits = torch.from_numpy(np.ascontiguousarray(guide.logits, dtype=np.float32))
         self.augment = augment
+        self.view_images = ViewsDataset(base, views).images if self.n_views else None
         self._geo, self._jitter = augmenters()  # the teachers' augmentation (recipes)
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, i: int):
+        if self.n_views:
+            j = i * self.n_views + int(torch.randint(self.n_views, (1,)))
+            return self.view_images[j], int(self.base.labels[i]), self.cams[j], self.logits[j]
         x = self.base.images[i]
         m = self.cams[i]
         if self.augment:

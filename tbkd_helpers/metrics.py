@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = [
     "METRICS", "classification_report", "choose_threshold", "bootstrap_ci", "roc_points",
-    "confusion", "summarize",
+    "confusion", "summarize", "mean_sd", "paired_difference",
 ]
 
 METRICS = ("accuracy", "auc", "sensitivity", "specificity", "precision", "f1")
@@ -218,4 +218,37 @@ def summarize(y_true: Sequence[int], prob: Sequence[float], threshold: float = 0
         out[f"{m}_lo"], out[f"{m}_hi"] = _json_number(lo), _json_number(hi)
     out["ci_level"] = round(1 - alpha, 4)
     out["n_boot"] = int(n_boot)
+    return out
+
+
+# --------------------------------------------------------------------------- run-to-run spread
+
+def mean_sd(values) -> dict:
+    """``{"mean", "sd", "n"}`` of the finite values (sample SD; ``None`` when undefined):
+    the spread of a figure over training runs (seeds or folds)."""
+    v = np.array([x for x in values if x is not None], float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return {"mean": None, "sd": None, "n": 0}
+    return {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)), 4) if len(v) > 1 else None,
+            "n": int(len(v))}
+
+
+def paired_difference(a, b, level: float = 0.95) -> dict:
+    """The mean of ``a[i] - b[i]`` over paired runs (the same seed or fold for both) and
+    its Student-t interval: ``{"mean", "lo", "hi", "sd", "n"}`` (bounds ``None`` with
+    fewer than two pairs). Pairs where either value is undefined are left out."""
+    from scipy import stats
+
+    pairs = [(float(x), float(y)) for x, y in zip(a, b) if x is not None and y is not None
+             and math.isfinite(float(x)) and math.isfinite(float(y))]
+    d = np.array([x - y for x, y in pairs])
+    out = {"mean": None, "lo": None, "hi": None, "sd": None, "n": int(len(d))}
+    if not len(d):
+        return out
+    out["mean"] = round(float(d.mean()), 4)
+    if len(d) > 1:
+        sd = float(d.std(ddof=1))
+        half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1)) * sd / math.sqrt(len(d))
+        out.update(lo=round(out["mean"] - half, 4), hi=round(out["mean"] + half, 4), sd=round(sd, 4))
     return out

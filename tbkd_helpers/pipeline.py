@@ -83,9 +83,10 @@ def _fingerprint(profile, prep: _data.Prepared, arch: str) -> dict:
     return {**out, **options}  # default options leave the fingerprint (and old caches) as it was
 
 
-def new_model(profile, arch: str):
-    """A fresh, seeded classifier ``arch`` as the profile builds it (weights, VGG head)."""
-    return _models.build_model(arch, pretrained=profile.pretrained, seed=profile.seed,
+def new_model(profile, arch: str, seed: int | None = None):
+    """A fresh, seeded classifier ``arch`` as the profile builds it (weights, VGG head);
+    ``seed`` defaults to the profile's."""
+    return _models.build_model(arch, pretrained=profile.pretrained, seed=profile.seed if seed is None else seed,
                                **profile.model_options(arch))
 
 
@@ -141,8 +142,8 @@ def student_settings(profile, epochs: int | None = None, seed: int | None = None
 
 def _fit(profile, prep, arch: str, ckpt_dir: Path, settings: _train.TrainSettings, progress: bool,
          model: torch.nn.Module | None = None, train_ds=None, extra: dict | None = None,
-         step_loss=None):
-    seed_everything(profile.seed)
+         step_loss=None, seed: int | None = None):
+    seed_everything(profile.seed if seed is None else seed)
     model = model if model is not None else new_model(profile, arch)
     plain_train = classifier_dataset(profile, prep, arch, "train")
     if train_ds is None:
@@ -254,6 +255,36 @@ def cam_cache(profile, arch: str, prep: _data.Prepared, part: str = "train", mod
                                 device=torch_device(profile.device))
 
 
+def guide_views(profile, prep: _data.Prepared) -> np.ndarray | None:
+    """The fixed augmented views of the training images (``data.view_params``,
+    ``(N, profile.guide_views, 6)``) on which the guide is cached, or None when the
+    profile distils on freely augmented images (``guide_views = 0``). Drawn from the
+    profile's seed, so every student of a profile sees the same views."""
+    if not profile.guide_views:
+        return None
+    n = len(classifier_records(profile, prep, "train"))
+    return _data.view_params(n, profile.guide_views, seed=profile.seed)
+
+
+def view_cache(profile, arch: str, prep: _data.Prepared, progress: bool = True) -> "_cam.CamCache":
+    """Teacher ``arch``'s logits and Grad-CAM maps on every fixed view of every training
+    image (:func:`guide_views`; rows ``i * V + v``), cached like :func:`cam_cache`."""
+    params = guide_views(profile, prep)
+    if params is None:
+        raise ValueError(f"profile {profile.name!r} distils without fixed views (guide_views = 0)")
+    ckpt = teacher_dir(profile, arch) / "best.pt"
+    if not (teacher_dir(profile, arch) / "done.json").is_file():
+        train_teacher(profile, arch, prep, progress=progress)
+    model = load_classifier(ckpt)
+    views = _data.ViewsDataset(classifier_dataset(profile, prep, arch, "train"), params)
+    key = {"checkpoint_sha256": store.file_sha256(ckpt), "size": profile.size_for(arch),
+           "stride": profile.cam_stride, "views": int(params.shape[1]), "view_seed": profile.seed}
+    return _cam.build_cam_cache(model, _models.target_layer(model, arch, stride=profile.cam_stride), views,
+                                cam_path(profile, arch, f"train-views{params.shape[1]}"), key=key,
+                                cam_size=profile.cam_size, method=profile.cam_method, target_class=1,
+                                progress=progress, device=torch_device(profile.device))
+
+
 def teacher_val_auc(profile, prep: _data.Prepared, teachers: Sequence[str] | None = None) -> dict[str, float]:
     """Each teacher's validation AUC (the guide is chosen on it, never on test)."""
     out = {}
@@ -268,9 +299,13 @@ def teacher_val_auc(profile, prep: _data.Prepared, teachers: Sequence[str] | Non
 
 # --------------------------------------------------------------------------- stage 4
 
-def student_dir(profile, variant: str, guide: str = "best", cam_loss: str = "mse") -> Path:
+def student_dir(profile, variant: str, guide: str = "best", cam_loss: str = "mse", seed: int | None = None) -> Path:
+    """Where a student's run lives: ``students/<variant>[-<guide>[-<loss>]][-seed<k>]``
+    (no seed suffix for the profile's own seed)."""
     name = variant if variant == "ce" else f"{variant}-{guide}" + ("" if cam_loss == "mse" or "cam" not in variant
                                                                      else f"-{cam_loss}")
+    if seed is not None and seed != profile.seed:
+        name += f"-seed{seed}"
     return Path(profile.artifacts) / "students" / name
 
 
@@ -279,36 +314,59 @@ def distill_settings(profile, variant: str, cam_loss: str = "mse") -> _distill.D
                                      temperature=profile.kd_temperature, cam_loss=cam_loss)
 
 
+def distill_code_digest() -> str:
+    """A digest of the code a student's loss is made of (the distillation terms, the
+    training step, the differentiable Grad-CAM, the distillation data set). It is part of
+    every student's training fingerprint: edit the loss and the student retrains."""
+    import inspect
+
+    parts = [_distill.kd_loss, _distill.cam_term, _distill.make_step_loss, _distill.DistillDataset,
+             _distill.variant_settings, _cam.differentiable_gradcam, _data.apply_view]
+    return store.settings_digest({"source": [inspect.getsource(f) for f in parts]})
+
+
 def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None = None,
-                  guide: str = "best", cam_loss: str = "mse", progress: bool = True):
+                  guide: str = "best", cam_loss: str = "mse", progress: bool = True, seed: int | None = None,
+                  ckpt_dir: Path | None = None):
     """Train (or load) a student: "ce", "kd", "cam" or "kd+cam" (see ``distill``).
 
     The guiding teacher maps and logits are read from the stage-3 caches of the training
-    images (built first if missing); no teacher runs while the student trains.
+    images (built first if missing); no teacher runs while the student trains. With
+    ``profile.guide_views``, they are those of fixed augmented views, the very images the
+    student trains on (:func:`view_cache`). ``seed`` (default: the profile's) sets the
+    student's initial weights, shuffling and view draws; the teachers stay the same.
+    ``ckpt_dir`` (default :func:`student_dir`) holds a run trained with other loss weights
+    than the profile's (``scripts/tune_student.py``).
     Returns ``(model, History, Guide or None)``.
     """
     prep = prep or _data.prepare(profile, progress=progress)
+    seed = profile.seed if seed is None else seed
     arch = profile.student
     ds_settings = distill_settings(profile, variant, cam_loss)
-    t_settings = student_settings(profile)
-    ckpt_dir = student_dir(profile, variant, guide, cam_loss)
-    model = new_model(profile, arch)
+    t_settings = student_settings(profile, seed=seed)
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir else student_dir(profile, variant, guide, cam_loss, seed)
+    model = new_model(profile, arch, seed=seed)
+    code = {"code_sha256": distill_code_digest()}
     if variant == "ce":
         m, hist = _fit(profile, prep, arch, ckpt_dir, t_settings, progress, model=model,
-                       extra={"variant": variant})
+                       extra={"variant": variant, **code}, seed=seed)
         return m, hist, None
     aucs = teacher_val_auc(profile, prep)
-    caches = {a: cam_cache(profile, a, prep, "train", progress=progress)
-              for a, w in _distill.teacher_weights(aucs, guide).items() if w > 0}
+    views = guide_views(profile, prep)
+    build = (lambda a: view_cache(profile, a, prep, progress=progress)) if views is not None else \
+        (lambda a: cam_cache(profile, a, prep, "train", progress=progress))
+    caches = {a: build(a) for a, w in _distill.teacher_weights(aucs, guide).items() if w > 0}
     g = _distill.make_guide(caches, aucs, guide)
     base = classifier_dataset(profile, prep, arch, "train")
-    train_ds = _distill.DistillDataset(base, g, augment=True)
+    train_ds = _distill.DistillDataset(base, g, augment=True, views=views)
     layer = _models.target_layer(model, arch, stride=profile.cam_stride)
     extra = {"variant": variant, "distill": ds_settings.to_dict(), "guide": g.weights,
              "cams": {a: c.key.get("checkpoint_sha256") for a, c in caches.items()},
-             "cam_stride": profile.cam_stride}
+             "cam_stride": profile.cam_stride, **code}
+    if views is not None:
+        extra["guide_views"] = int(views.shape[1])
     m, hist = _fit(profile, prep, arch, ckpt_dir, t_settings, progress, model=model, train_ds=train_ds,
-                   extra=extra, step_loss=_distill.make_step_loss(layer, ds_settings))
+                   extra=extra, step_loss=_distill.make_step_loss(layer, ds_settings), seed=seed)
     return m, hist, g
 
 
@@ -992,3 +1050,188 @@ def ablation_entry(score: dict, history=None, **run) -> dict:
         out.update(best_epoch=h.get("best_epoch"), epochs_run=len(h.get("epoch", [])),
                    val_auc=(h.get("final") or {}).get("val_auc"))
     return out
+
+
+# --------------------------------------------------------------------------- stage 4, over seeds
+
+#: the figures :func:`student_seeds` follows over seeds, per data set (test split)
+SEED_METRICS = ("accuracy", "auc", "sensitivity", "specificity")
+SEED_ATTENTION = ("in_lung", "pointing", "lesion_share", "agreement")
+
+
+def seed_list(profile, n: int) -> list[int]:
+    """The ``n`` student seeds of a comparison: the profile's own, then the next ones."""
+    return [profile.seed + i for i in range(int(n))]
+
+
+def student_seeds(profile, prep: _data.Prepared, seeds: Sequence[int], variants: Sequence[str] = _distill.VARIANTS,
+                  guide: str = "best", cam_loss: str = "mse", reference: str = "ce", rule: str = "youden",
+                  progress: bool = False) -> dict:
+    """Every student variant trained once per seed, on the same split with the same
+    teachers (trained once: retraining five teachers per seed or fold costs too much), and
+    measured on the test split like the ablation (threshold from validation).
+
+    What changes from seed to seed: the student's initial weights, the order of the
+    batches, the draws of augmentation or views; the same seed gives every variant the
+    same ones, so the variants are *paired* by seed. Returns ``{"seeds", "variants",
+    "reference", "guide", "runs": {variant: [{seed, best_epoch, val_auc, test: {dataset:
+    {metric}}, attention: {figure}}]}, "summary": {variant: {dataset: {metric: mean_sd}}},
+    "attention": {variant: {figure: mean_sd}}, "paired": {variant: {dataset: {metric:
+    paired_difference against reference}}, "attention": {...}}}``.
+    """
+    seeds = [int(s) for s in seeds]
+    g_test = guide_for_part(profile, prep, guide, "test")
+    records = classifier_records(profile, prep, "test")
+    size = profile.size_for(profile.student)
+    lungs, lesions = lung_masks(profile, records, size, "lung"), lung_masks(profile, records, size, "lesion")
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for seed in seeds:
+        for v in variants:
+            model, hist, _ = train_student(profile, v, prep, guide=guide, cam_loss=cam_loss, progress=progress,
+                                           seed=seed)
+            preds = predictions(profile, student_dir(profile, v, guide, cam_loss, seed), profile.student, prep,
+                                model=model)
+            rows = evaluate(preds, rule=rule, n_boot=0, seed=profile.seed)
+            maps, _ = student_maps(profile, model, prep, "test")
+            att = attention_figures(maps, lungs, lesions, g_test.cams, n_boot=0)
+            runs[v].append({"seed": seed, "best_epoch": hist.best_epoch,
+                            "val_auc": _num((hist.final or {}).get("val_auc", float("nan"))),
+                            "test": {r["dataset"]: {m: r[m] for m in SEED_METRICS} for r in rows},
+                            "attention": {k: att[k]["mean"] for k in SEED_ATTENTION}})
+    datasets = list(runs[variants[0]][0]["test"])
+    summary = {v: {ds: {m: _metrics.mean_sd([r["test"][ds][m] for r in runs[v]]) for m in SEED_METRICS}
+                   for ds in datasets} for v in variants}
+    attention = {v: {k: _metrics.mean_sd([r["attention"][k] for r in runs[v]]) for k in SEED_ATTENTION}
+                 for v in variants}
+    paired = {}
+    if reference in runs:
+        ref = runs[reference]
+        for v in variants:
+            if v == reference:
+                continue
+            paired[v] = {"test": {ds: {m: _metrics.paired_difference([r["test"][ds][m] for r in runs[v]],
+                                                                     [r["test"][ds][m] for r in ref])
+                                       for m in SEED_METRICS} for ds in datasets},
+                         "attention": {k: _metrics.paired_difference([r["attention"][k] for r in runs[v]],
+                                                                     [r["attention"][k] for r in ref])
+                                       for k in SEED_ATTENTION}}
+    return {"seeds": seeds, "variants": list(variants), "reference": reference, "guide": g_test.source,
+            "guide_mode": guide, "cam_loss": cam_loss, "guide_views": profile.guide_views,
+            "teachers": "trained once, on the fixed split, with the profile's seed",
+            "runs": runs, "summary": summary, "attention": attention, "paired": paired}
+
+
+def _spread(s: dict, pct: bool, digits: int = 1) -> str:
+    if s.get("mean") is None:
+        return "n/a"
+    f = 100.0 if pct else 1.0
+    d = digits if pct else 2
+    return f"{f * s['mean']:.{d}f} ± {f * (s['sd'] or 0):.{d}f}" + (" %" if pct else "")
+
+
+def _diff(d: dict, pct: bool) -> str:
+    if d.get("mean") is None:
+        return "n/a"
+    f, unit, dg = (100.0, " pt", 1) if pct else (1.0, "", 2)
+    if d.get("lo") is None:
+        return f"{f * d['mean']:+.{dg}f}{unit}"
+    return f"{f * d['mean']:+.{dg}f}{unit} [{f * d['lo']:+.{dg}f}, {f * d['hi']:+.{dg}f}]"
+
+
+def seeds_table(seeds: dict, dataset: str = "all"):
+    """:func:`student_seeds` as a DataFrame: per variant the mean ± SD over seeds of the
+    test accuracy and AUC on ``dataset`` and of the attention figures, and the paired
+    difference against the reference variant with its 95 % t-interval."""
+    import pandas as pd
+
+    rows = []
+    for v in seeds["variants"]:
+        s, a = seeds["summary"][v][dataset], seeds["attention"][v]
+        row = {"student": v, "accuracy": _spread(s["accuracy"], True), "AUC": _spread(s["auc"], False),
+               "in-lung share": _spread(a["in_lung"], False)}
+        if a["lesion_share"]["mean"] is not None:
+            row["lesion share"] = _spread(a["lesion_share"], False)
+        p = seeds["paired"].get(v)
+        ref = seeds["reference"]
+        row[f"accuracy − {ref}"] = _diff(p["test"][dataset]["accuracy"], True) if p else "—"
+        row[f"AUC − {ref}"] = _diff(p["test"][dataset]["auc"], False) if p else "—"
+        row[f"in-lung − {ref}"] = _diff(p["attention"]["in_lung"], False) if p else "—"
+        if a["lesion_share"]["mean"] is not None:
+            row[f"lesion share − {ref}"] = _diff(p["attention"]["lesion_share"], False) if p else "—"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("student")
+
+
+def seeds_verdicts(seeds: dict, dataset: str = "all") -> list[str]:
+    """One line per variant and figure: is its paired difference against the reference
+    above zero, below, or undecided (the 95 % interval contains 0)? Read from the
+    numbers, so that a chapter's conclusion follows its own run."""
+    out, ref, n = [], seeds["reference"], len(seeds["seeds"])
+    names = {"accuracy": ("accuracy", True), "auc": ("AUC", False)}
+    for v, p in seeds["paired"].items():
+        for key, d, (label, pct) in [(k, p["test"][dataset][k], names[k]) for k in names] + \
+                [(k, p["attention"][k], (ATTENTION_FIGURES[k], False)) for k in ("in_lung", "lesion_share")]:
+            if d.get("mean") is None:
+                continue
+            if d.get("lo") is None:
+                word = "one seed only: no interval"
+            elif d["lo"] > 0:
+                word = f"higher than {ref}'s"
+            elif d["hi"] < 0:
+                word = f"lower than {ref}'s"
+            else:
+                word = f"not told apart from {ref}'s (the interval contains 0)"
+            out.append(f"{v}: {label} ({dataset}) {word}: {_diff(d, pct)} over {n} paired seeds")
+    return out
+
+
+# --------------------------------------------------------------------------- stage 4, choosing the loss
+
+#: the loss settings ``scripts/tune_student.py`` compares (kd+cam student): the profile's
+#: own first, then one change at a time
+TUNING_GRID = ({}, {"kd_temperature": 1.0}, {"cam_beta": 3.0}, {"cam_beta": 0.3}, {"kd_alpha": 0.3},
+               {"cam_loss": "at"}, {"guide": "fusion"})
+
+
+def tune_student(profile, prep: _data.Prepared, grid: Sequence[dict] = TUNING_GRID, variant: str = "kd+cam",
+                 progress: bool = False) -> list[dict]:
+    """Train one ``variant`` student per setting of ``grid`` (changes of the profile's
+    ``kd_alpha``, ``cam_beta``, ``kd_temperature``, plus ``cam_loss`` and ``guide``) and
+    report each one's **validation** figures only: the kept epoch's validation AUC and
+    loss. The test split is not read. Runs live in ``students/tuning/<i>``."""
+    out = []
+    for i, change in enumerate(grid):
+        change = dict(change)
+        cam_loss, guide = change.pop("cam_loss", "mse"), change.pop("guide", "best")
+        p = profile.replace(**change)
+        _, hist, _ = train_student(p, variant, prep, guide=guide, cam_loss=cam_loss, progress=progress,
+                                   ckpt_dir=Path(profile.artifacts) / "students" / "tuning" / f"{i}")
+        f = hist.final or {}
+        out.append({"alpha": p.kd_alpha, "beta": p.cam_beta, "temperature": p.kd_temperature,
+                    "cam_loss": cam_loss, "guide": guide, "best_epoch": hist.best_epoch,
+                    "val_auc": _num(f.get("val_auc", float("nan"))),
+                    "val_loss": _num(f.get("val_loss", float("nan"))),
+                    "seconds": round(float(sum(hist.seconds)), 1)})
+    return out
+
+
+def tuning_report(profile) -> tuple[object, list[str]]:
+    """``scripts/tune_student.py``'s table for this profile (a DataFrame, or None when it
+    has not been run) and lines that say which setting had the best validation AUC and
+    which settings the profile uses."""
+    import pandas as pd
+
+    path = Path(profile.results) / "tuning.json"
+    used = (f"this profile uses alpha = {profile.kd_alpha:g}, beta = {profile.cam_beta:g}, "
+            f"T = {profile.kd_temperature:g}")
+    if not path.is_file():
+        return None, [f"no tuning run for the {profile.name!r} profile "
+                      f"(scripts/tune_student.py --profile {profile.name} makes one); {used}"]
+    rows = store.read_json(path)["rows"]
+    table = pd.DataFrame(rows)[["alpha", "beta", "temperature", "cam_loss", "guide", "val_auc", "best_epoch"]]
+    best = max(rows, key=lambda r: -1 if r["val_auc"] is None else r["val_auc"])
+    spread = [r["val_auc"] for r in rows if r["val_auc"] is not None]
+    lines = [f"best validation AUC {best['val_auc']:.3f}: alpha = {best['alpha']:g}, beta = {best['beta']:g}, "
+             f"T = {best['temperature']:g}, map loss {best['cam_loss']}, guide {best['guide']} "
+             f"(all settings: {min(spread):.3f} to {max(spread):.3f}, on {len(rows)} runs of one seed)", used]
+    return table, lines

@@ -242,15 +242,6 @@ def _train_one(profile, sub: _data.Prepared, name: str, ckpt_dir: Path, epochs: 
     return arch
 
 
-def _mean_sd(values) -> dict:
-    v = np.array([x for x in values if x is not None], float)
-    v = v[np.isfinite(v)]
-    if not len(v):
-        return {"mean": None, "sd": None, "n": 0}
-    return {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)), 4) if len(v) > 1 else None,
-            "n": int(len(v))}
-
-
 def kfold(profile, prep: _data.Prepared, models: Sequence[str] | None = None, k: int | None = None,
           epochs: int | None = None, progress: bool = False) -> dict:
     """Stratified k-fold cross-validation (``data.kfold_splits`` over every image).
@@ -286,7 +277,7 @@ def kfold(profile, prep: _data.Prepared, models: Sequence[str] | None = None, k:
                          "threshold": rows[0]["threshold"],
                          "test": [{k_: r[k_] for k_ in ("dataset", "n", "n_pos", *_metrics.METRICS)} for r in rows]})
         datasets = [r["dataset"] for r in runs[0]["test"]]
-        summary = {ds: {m: _mean_sd([next(r[m] for r in run["test"] if r["dataset"] == ds) for run in runs])
+        summary = {ds: {m: _metrics.mean_sd([next(r[m] for r in run["test"] if r["dataset"] == ds) for run in runs])
                         for m in _metrics.METRICS} for ds in datasets}
         out["models"][name] = {"folds": runs, "summary": summary}
     return out
@@ -392,9 +383,10 @@ def student_vs_teacher(test: dict[str, list[dict]], dataset: str = "shenzhen",
 
 def assemble(profile, specs: dict[str, dict], preds: dict[str, dict], test: dict, who: dict, cost: dict,
              cv: dict | None, cross: dict | None, n_boot: int, thresholds: dict | None = None,
-             attention: dict | None = None) -> dict:
+             attention: dict | None = None, seeds: dict | None = None) -> dict:
     """The ``results.json`` document (see :func:`collect`). ``attention``: where each model
-    looks (``pipeline.attention_report``), with the chance levels."""
+    looks (``pipeline.attention_report``), with the chance levels; ``seeds``: the students
+    over seeds, paired (``pipeline.student_seeds``, as chapter 04 saved it)."""
     models = {}
     for name, s in specs.items():
         ckpt = s["dir"] / "best.pt"
@@ -422,7 +414,33 @@ def assemble(profile, specs: dict[str, dict], preds: dict[str, dict], test: dict
         "paper_comparison": paper_comparison(test),
         "student_vs_teacher": student_vs_teacher(test),
         "attention": attention,
+        "seeds": seeds,
     }
+
+
+def seeds_from_ablation(profile) -> dict | None:
+    """The students over seeds that chapter 04 wrote into ``ablation.json`` (None when it
+    has not run, or ran before the comparison existed)."""
+    path = Path(profile.results) / "ablation.json"
+    return store.read_json(path).get("seeds") if path.is_file() else None
+
+
+def seed_lines(seeds: dict | None, variant: str = "kd+cam") -> list[str]:
+    """Per data set: ``variant``'s test accuracy over seeds (mean ± SD) beside the paper's,
+    and its paired difference from the reference student, as chapter 05 prints them."""
+    if not seeds:
+        return ["no students over seeds in ablation.json: run chapter 04 first"]
+    n, ref, out = len(seeds["seeds"]), seeds["reference"], []
+    for ds, paper in PAPER.items():
+        sp = seeds["summary"].get(variant, {}).get(ds, {}).get("accuracy")
+        if not sp or sp.get("mean") is None:
+            continue
+        d = seeds["paired"].get(variant, {}).get("test", {}).get(ds, {}).get("accuracy", {})
+        diff = "n/a" if d.get("mean") is None else f"{100 * d['mean']:+.1f} points" + (
+            "" if d.get("lo") is None else f" [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]")
+        out.append(f"{ds}: paper {100 * paper:.1f} %; {variant} over {n} seeds {100 * sp['mean']:.1f} ± "
+                   f"{100 * (sp['sd'] or 0):.1f} %; paired difference from {ref}: {diff}")
+    return out
 
 
 def _rel(path: Path, profile) -> str:
@@ -450,7 +468,8 @@ def collect(profile, prep: _data.Prepared | None = None, students: Sequence[str]
     cross = cross_dataset(profile, prep, n_boot, epochs=fold_epochs, progress=progress)
     loaded = {name: (_pipe.load_classifier(s["dir"] / "best.pt"), s["arch"]) for name, s in specs.items()}
     attention = _pipe.attention_report(profile, prep, loaded, n_boot=n_boot)
-    return assemble(profile, specs, preds, test, who, cost, cv, cross, n_boot, thresholds, attention)
+    return assemble(profile, specs, preds, test, who, cost, cv, cross, n_boot, thresholds, attention,
+                    seeds_from_ablation(profile))
 
 
 def results_path(profile) -> Path:
@@ -529,6 +548,16 @@ def comparison_table(results: dict):
                "best teacher, test split": (f"{c['best_teacher']} " + _pct_ci(c["best_teacher_accuracy"],
                                             c["best_teacher_accuracy_lo"], c["best_teacher_accuracy_hi"])
                                             if c["best_teacher"] else "n/a")}
+        seeds = results.get("seeds")
+        if seeds and ds in seeds["summary"].get("kd+cam", {}):
+            n = len(seeds["seeds"])
+            sp = seeds["summary"]["kd+cam"][ds]["accuracy"]
+            row[f"{c['model']}, {n} seeds"] = (f"{100 * sp['mean']:.1f} ± {100 * (sp['sd'] or 0):.1f} %"
+                                               if sp.get("mean") is not None else "n/a")
+            d = seeds["paired"].get("kd+cam", {}).get("test", {}).get(ds, {}).get("accuracy", {})
+            row[f"kd+cam − ce, {n} paired seeds"] = (
+                "n/a" if d.get("mean") is None else f"{100 * d['mean']:+.1f} pt" +
+                ("" if d.get("lo") is None else f" [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"))
         if cv is not None:
             s = cv["summary"].get(ds, {}).get("accuracy", {})
             row[f"{student_name('ce')}, {results['kfold']['k']}-fold CV"] = (
@@ -561,6 +590,11 @@ def readme_table(results: dict, written: str | None = None) -> str:
              f"({results['settings']['n_boot']} resamples); threshold chosen on the validation split. "
              "Verdict: *beats* — the CI lies above the paper's figure; *matches* — it contains it; "
              "*misses* — it lies below.",
+             *([f"Seeds: the kd+cam student trained with {len(results['seeds']['seeds'])} seeds on the same "
+                "split and teachers, mean ± SD of its test accuracy (run-to-run spread, beside the bootstrap "
+                "interval of one run, which covers only the sampling of test images); kd+cam − ce: the paired "
+                "difference from the plain student over the same seeds, with its 95 % t-interval."]
+               if results.get("seeds") else []),
              f"Produced by `{reproduce_command(prof, results['data'])}`"
              + (f", run of {written}." if written else ".")]
     sv = results.get("student_vs_teacher")

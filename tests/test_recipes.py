@@ -50,7 +50,7 @@ def test_chapter_04_and_the_kfold_train_the_student_with_one_recipe(monkeypatch)
         raise _Captured
 
     monkeypatch.setattr(pipeline, "_fit", fake_fit)
-    monkeypatch.setattr(pipeline, "new_model", lambda profile, arch: None)
+    monkeypatch.setattr(pipeline, "new_model", lambda profile, arch, **kw: None)
     prof = get_profile("quick")
     with pytest.raises(_Captured):
         pipeline.train_student(prof, "ce", prep=object(), progress=False)

@@ -1,0 +1,157 @@
+"""Consistent distillation views, students over seeds, and the loss code in the fingerprint."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tbkd_helpers import data, distill, metrics, pipeline, recipes
+from tbkd_helpers.config import get_profile
+from tbkd_helpers.data import Record
+
+
+def _base(n=3, size=32):
+    recs = [Record(key=f"x/{i}", path=None, dataset="x", label=i % 2, patient_id=str(i)) for i in range(n)]
+    base = data.CXRDataset.__new__(data.CXRDataset)
+    base.records, base.size, base.augment = recs, size, False
+    g = torch.Generator().manual_seed(0)
+    base.images = torch.rand(n, 1, size, size, generator=g)
+    base.labels = torch.tensor([r.label for r in recs])
+    base._tf = None
+    return base
+
+
+def test_view_params_are_seeded_and_inside_the_recipe_ranges():
+    a = recipes.CLASSIFIER_AUGMENT
+    p = data.view_params(50, 4, seed=3)
+    assert p.shape == (50, 4, len(data.VIEW_COLUMNS))
+    assert np.array_equal(p, data.view_params(50, 4, seed=3))
+    assert not np.array_equal(p, data.view_params(50, 4, seed=4))
+    assert np.abs(p[..., 0]).max() <= a.degrees and np.abs(p[..., 1:3]).max() <= a.translate
+    assert p[..., 3].min() >= a.scale[0] and p[..., 3].max() <= a.scale[1]
+    assert np.abs(p[..., 4] - 1).max() <= a.brightness and np.abs(p[..., 5] - 1).max() <= a.contrast
+
+
+def test_a_view_is_the_same_view_at_another_size():
+    """The teacher (at its size) and the student (at its own) see the same geometry."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 96), torch.linspace(-1, 1, 96), indexing="ij")
+    big = ((xx - 0.3) ** 2 + (yy + 0.2) ** 2 < 0.1).float()[None]  # an off-centre disc
+    params = np.array([12.0, 0.1, -0.08, 1.05, 1.0, 1.0], np.float32)
+    small = F.interpolate(big[None], size=(48, 48), mode="area")[0]
+    a = F.interpolate(data.apply_view(big, params)[None], size=(48, 48), mode="area")[0]
+    b = data.apply_view(small, params)
+    assert (a - b).abs().mean() < 0.03
+    assert (data.apply_view(small, np.array([0, 0, 0, 1, 1, 1], np.float32)) - small).abs().max() < 1e-5
+    assert (b - small).abs().mean() > 0.05  # the view did move the disc
+
+
+def test_views_dataset_rows_and_keys():
+    base = _base()
+    params = data.view_params(len(base), 2, seed=0)
+    v = data.ViewsDataset(base, params)
+    assert len(v) == 6 and [r.key for r in v.records][:2] == ["x/0@0", "x/0@1"]
+    assert torch.equal(v.images[3], data.apply_view(base.images[1], params[1, 1]))
+    assert v.labels.tolist() == [0, 0, 1, 1, 0, 0]
+    with pytest.raises(ValueError, match="view parameters"):
+        data.ViewsDataset(base, params[:2])
+
+
+def test_the_student_gets_the_teachers_targets_of_the_view_it_sees():
+    base = _base(n=3)
+    params = data.view_params(3, 4, seed=1)
+    n = 3 * 4
+    cams = np.stack([np.full((4, 4), j / n, np.float32) for j in range(n)])  # row j marks itself
+    logits = np.stack([[float(j), -float(j)] for j in range(n)]).astype(np.float32)
+    guide = distill.Guide(cams=cams, logits=logits, ids=[f"x/{i}@{v}" for i in range(3) for v in range(4)],
+                          source="t", weights={"t": 1.0})
+    ds = distill.DistillDataset(base, guide, augment=True, views=params)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(40):
+        for i in range(3):
+            x, y, m, z = ds[i]
+            j = int(round(float(m[0, 0]) * n))
+            assert j // 4 == i and float(z[0]) == j  # the map and the logits of one of image i's views
+            assert torch.equal(x, data.apply_view(base.images[i], params[i, j % 4]))  # ... the one it sees
+            seen.add(j)
+    assert len(seen) == n  # every view gets drawn
+    with pytest.raises(ValueError, match="views"):
+        distill.DistillDataset(base, guide, augment=True, views=None)
+
+
+def test_mean_sd_and_paired_difference():
+    assert metrics.mean_sd([1.0, 2.0, 3.0, None]) == {"mean": 2.0, "sd": 1.0, "n": 3}
+    assert metrics.mean_sd([0.5]) == {"mean": 0.5, "sd": None, "n": 1}
+    d = metrics.paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    half = 4.302653 / math.sqrt(3)  # t(0.975, 2 df) * sd / sqrt(n), sd = 1
+    assert d["mean"] == 2.0 and d["n"] == 3 and d["sd"] == 1.0
+    assert d["lo"] == pytest.approx(2 - half, abs=1e-3) and d["hi"] == pytest.approx(2 + half, abs=1e-3)
+    same = metrics.paired_difference([0.8, 0.7, 0.9], [0.8, 0.7, 0.9])
+    assert same["mean"] == 0 and same["lo"] == 0 and same["hi"] == 0
+    assert metrics.paired_difference([0.8], [0.7])["lo"] is None
+
+
+def test_seed_dirs_and_seed_list():
+    prof = get_profile("quick", seed=5)
+    assert pipeline.seed_list(prof, 3) == [5, 6, 7]
+    assert pipeline.student_dir(prof, "kd+cam") == pipeline.student_dir(prof, "kd+cam", seed=5)
+    assert pipeline.student_dir(prof, "kd+cam", seed=6).name == "kd+cam-best-seed6"
+    assert pipeline.student_dir(prof, "ce", seed=7).name == "ce-seed7"
+
+
+def _seed_result(acc_ce, acc_kc):
+    def run(seed, acc):
+        return {"seed": seed, "best_epoch": 1, "val_auc": 0.8,
+                "test": {"all": {"accuracy": acc, "auc": acc, "sensitivity": acc, "specificity": acc}},
+                "attention": {"in_lung": acc, "pointing": None, "lesion_share": None, "agreement": acc}}
+    runs = {"ce": [run(i, a) for i, a in enumerate(acc_ce)], "kd+cam": [run(i, a) for i, a in enumerate(acc_kc)]}
+    summary = {v: {"all": {m: metrics.mean_sd([r["test"]["all"][m] for r in rs]) for m in pipeline.SEED_METRICS}}
+               for v, rs in runs.items()}
+    att = {v: {k: metrics.mean_sd([r["attention"][k] for r in rs]) for k in pipeline.SEED_ATTENTION}
+           for v, rs in runs.items()}
+    paired = {"kd+cam": {"test": {"all": {m: metrics.paired_difference(
+        [r["test"]["all"][m] for r in runs["kd+cam"]], [r["test"]["all"][m] for r in runs["ce"]])
+        for m in pipeline.SEED_METRICS}}, "attention": {k: metrics.paired_difference(
+            [r["attention"][k] for r in runs["kd+cam"]], [r["attention"][k] for r in runs["ce"]])
+            for k in pipeline.SEED_ATTENTION}}}
+    return {"seeds": list(range(len(acc_ce))), "variants": ["ce", "kd+cam"], "reference": "ce",
+            "runs": runs, "summary": summary, "attention": att, "paired": paired}
+
+
+def test_seed_verdicts_follow_the_paired_intervals():
+    up = pipeline.seeds_verdicts(_seed_result([0.70, 0.72, 0.71], [0.80, 0.83, 0.81]))
+    assert any(line.startswith("kd+cam: accuracy (all) higher than ce's") for line in up)
+    level = pipeline.seeds_verdicts(_seed_result([0.70, 0.80, 0.75], [0.78, 0.71, 0.76]))
+    assert any("accuracy (all) not told apart" in line for line in level)
+    table = pipeline.seeds_table(_seed_result([0.70, 0.72, 0.71], [0.80, 0.83, 0.81]))
+    assert table.loc["kd+cam", "accuracy"] == "81.3 ± 1.5 %" and table.loc["ce", "accuracy − ce"] == "—"
+
+
+class _Captured(Exception):
+    pass
+
+
+def test_an_edit_of_the_loss_changes_the_students_fingerprint(monkeypatch):
+    """The loss code is in every student's training fingerprint, so editing it retrains
+    (``train.fit`` reuses a finished run only when the fingerprint is the same)."""
+    seen = []
+
+    def fake_fit(profile, prep, arch, ckpt_dir, settings, progress, **kw):
+        seen.append(kw["extra"]["code_sha256"])
+        raise _Captured
+
+    monkeypatch.setattr(pipeline, "_fit", fake_fit)
+    monkeypatch.setattr(pipeline, "new_model", lambda profile, arch, **kw: None)
+    prof = get_profile("quick")
+    with pytest.raises(_Captured):
+        pipeline.train_student(prof, "ce", prep=object(), progress=False)
+
+    def edited_kd_loss(student_logits, teacher_logits, temperature):
+        return 2 * F.kl_div(F.log_softmax(student_logits / temperature, 1),
+                            F.softmax(teacher_logits / temperature, 1), reduction="batchmean")
+
+    monkeypatch.setattr(distill, "kd_loss", edited_kd_loss)
+    with pytest.raises(_Captured):
+        pipeline.train_student(prof, "ce", prep=object(), progress=False)
+    assert seen[0] != seen[1]
