@@ -5,6 +5,7 @@ PY      := $(VENV)/bin/python
 PROFILE ?= quick
 TBKD_DATA_DIR ?=
 export TBKD_DATA_DIR
+WEIGHTS ?=
 STAMP   := $(VENV)/.tbkd-installed
 # nbval: lax mode compares only cells marked "# NBVAL_CHECK_OUTPUT"; the kernel is this venv.
 NBVAL   := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
@@ -12,7 +13,7 @@ NBVAL   := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_san
 .PHONY: setup reproduce test test-unit test-notebooks notebooks lab bench clean help
 
 help:
-	@echo "make reproduce [PROFILE=quick|real|full] [TBKD_DATA_DIR=...]  run every notebook headlessly into runs/<profile>/"
+	@echo "make reproduce [PROFILE=quick|real|full] [TBKD_DATA_DIR=...] [WEIGHTS=random|imagenet|cxr]  run every notebook headlessly into runs/<profile>/"
 	@echo "make test        unit tests + notebook regression tests (nbval)"
 	@echo "make lab         JupyterLab on notebooks/ with the project's kernel"
 	@echo "make notebooks   re-execute the committed notebooks in place (quick profile)"
@@ -29,7 +30,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 reproduce: $(STAMP)
-	$(VENV)/bin/tbkd reproduce --profile $(PROFILE) $(if $(TBKD_DATA_DIR),--data-dir $(TBKD_DATA_DIR),)
+	$(VENV)/bin/tbkd reproduce --profile $(PROFILE) $(if $(TBKD_DATA_DIR),--data-dir $(TBKD_DATA_DIR),) $(if $(WEIGHTS),--weights $(WEIGHTS),)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra tests notebooks $(NBVAL)

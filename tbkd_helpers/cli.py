@@ -1,6 +1,7 @@
 """The ``tbkd`` command.
 
-    tbkd reproduce [--profile quick|real|full] [--data-dir DIR] [--skip-bad]   run every notebook headlessly
+    tbkd reproduce [--profile quick|real|full] [--data-dir DIR] [--skip-bad] [--weights random|imagenet|cxr]
+                                                                        run every notebook headlessly
     tbkd check-data DIR [--skip-bad]                                read a data folder, report it
     tbkd phantoms OUTDIR [--shenzhen N] [--montgomery N] [--size PX] [--seed S]
     tbkd segment IMAGE|DIR... -o OUTDIR [--checkpoint UNET] [--profile P]   lung masks and extracted lungs
@@ -31,14 +32,26 @@ MIN_IMAGE_SIDE = 32
 
 
 def _reproduce(args) -> int:
-    from .notebooks import NotebookFailure, reproduce
+    import os
 
+    from .config import get_profile
+    from .notebooks import NotebookFailure, reproduce
+    from .weights import WeightsError, preflight
+
+    if args.weights:
+        os.environ["TBKD_WEIGHTS"] = args.weights  # the notebooks' kernels inherit it
+    try:  # every starting-weights file is here (or downloaded) before anything runs
+        prof = get_profile(args.profile)
+        preflight(prof.weights, (*prof.teachers, prof.student))
+    except (WeightsError, ValueError) as err:
+        print(f"tbkd reproduce: {err}", file=sys.stderr)
+        return 2
     try:
         times = reproduce(args.profile, data_dir=args.data_dir, out_dir=args.out, skip_bad=args.skip_bad)
     except NotebookFailure as err:
         print(f"tbkd reproduce: {err}", file=sys.stderr)
         return 1
-    out = args.out or Path("runs") / args.profile
+    out = args.out or Path("runs") / prof.run_name
     print(f"executed {len(times)} notebooks in {sum(times.values()) / 60:.1f} min; "
           f"executed copies in {out}/")
     for name, sec in times.items():
@@ -428,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--skip-bad", action="store_true",
                    help="leave bad data files out instead of stopping (sets TBKD_SKIP_BAD=1 for the notebooks); "
                         "each notebook prints what was skipped, listed in artifacts/<profile>/skipped.json")
+    r.add_argument("--weights", default=None, choices=("random", "imagenet", "cxr"),
+                   help="starting weights of the classifiers (default: the profile's; random for quick and real, "
+                        "imagenet for full); sets TBKD_WEIGHTS for the notebooks; files are looked for in "
+                        "$TBKD_WEIGHTS_DIR and the usual caches, downloaded once when missing")
     r.set_defaults(func=_reproduce)
 
     c = sub.add_parser("check-data", help="read a data folder in any supported layout and report it")

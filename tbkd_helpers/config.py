@@ -51,13 +51,16 @@ class Profile:
     seg_min_lung_ratio: float = 0.25  # plausible: smaller lung >= this share of the larger
     seg_mask_max_side: int = 1024  # masks are kept at the image's size, at most this long side
     seg_extract_size: int = 0  # stored extracted images (px); 0: max(image_size, inception_size)
+    seg_pretrained: bool = False  # ImageNet encoder weights for the U-Net (from scratch it already
+    # reaches a Dice of 0.97 on Montgomery; the weights setting is the classifiers')
     # stage 2: teachers
     teachers: tuple[str, ...] = TEACHERS
     image_size: int = 64  # classifier input (lung-extracted image)
     inception_size: int = 80  # Inception V3 needs >= 75 px; the paper uses 299
     teacher_epochs: int = 4
     batch_size: int = 16
-    pretrained: bool = False  # ImageNet weights (needs internet the first time)
+    weights: str = "random"  # starting weights of the classifiers: "random", "imagenet" or "cxr" (see
+    # tbkd_helpers/weights.py); default from TBKD_WEIGHTS (make reproduce WEIGHTS=...)
     vgg_head: str = "classic"  # VGG16's classifier: "classic" (torchvision's, for 224 px) or
     # "gap" (global average pool + 512-wide layers; see models.VGG_HEADS)
     # stage 3: Grad-CAM
@@ -81,6 +84,18 @@ class Profile:
     def replace(self, **changes) -> "Profile":
         return dataclasses.replace(self, **changes)
 
+    @property
+    def pretrained(self) -> bool:
+        """Whether the classifiers start from pretrained weights (``weights`` not "random")."""
+        return self.weights != "random"
+
+    @property
+    def run_name(self) -> str:
+        """The folder name of this profile's artifacts and results: the profile's name, with
+        the weights appended when they are not the profile's default (``real-imagenet``)."""
+        default = PROFILES[self.name].weights if self.name in PROFILES else "random"
+        return self.name if self.weights == default else f"{self.name}-{self.weights}"
+
     def size_for(self, arch: str) -> int:
         """Input size of a classifier: Inception V3 has its own."""
         return self.inception_size if arch.startswith("inception") else self.image_size
@@ -91,11 +106,11 @@ class Profile:
 
     @property
     def artifacts(self) -> Path:
-        return artifacts_dir(self.name)
+        return artifacts_dir(self.run_name)
 
     @property
     def results(self) -> Path:
-        return results_dir(self.name)
+        return results_dir(self.run_name)
 
 
 REAL_TEACHERS = tuple("vgg16_bn" if t == "vgg16" else t for t in TEACHERS)
@@ -134,7 +149,7 @@ PROFILES: dict[str, Profile] = {
     "full": Profile(
         name="full", data="real", seg_size=256, seg_epochs=60, seg_batch_size=16, seg_decoder_channels=SMP_DECODER,
         image_size=224, inception_size=299, teacher_epochs=40, batch_size=32,
-        student_epochs=60, kfold=5, cam_stride=32, guide_views=8,
+        student_epochs=60, kfold=5, cam_stride=32, guide_views=8, weights="imagenet",
     ),
 }
 
@@ -157,6 +172,7 @@ def results_dir(profile_name: str) -> Path:
 
 
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
+WEIGHT_KINDS = ("random", "imagenet", "cxr")  # weights.KINDS (config imports nothing of the package)
 
 
 def env_skip_bad() -> bool:
@@ -192,6 +208,10 @@ def get_profile(name: str = "quick", data_dir: str | os.PathLike | None = None, 
         raise ValueError(f"unknown profile setting(s): {', '.join(sorted(unknown))}")
     if "skip_bad" not in overrides:
         overrides["skip_bad"] = env_skip_bad()
+    if "weights" not in overrides and os.environ.get("TBKD_WEIGHTS"):
+        overrides["weights"] = os.environ["TBKD_WEIGHTS"].strip()
+    if "weights" in overrides and overrides["weights"] not in WEIGHT_KINDS:
+        raise ValueError(f"weights={overrides['weights']!r}: choose one of {', '.join(WEIGHT_KINDS)}")
     return dataclasses.replace(prof, data_dir=Path(data_dir), **overrides)
 
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import store
+from . import weights as _weights
 
 __all__ = [
     "ARCHS", "ArchSpec", "GrayToModel", "build_model", "target_layer", "recalibrate_bn",
@@ -185,13 +186,14 @@ _DENSENET_OLD_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
-def _read_imagenet_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # truncated zip, pickle refused by weights_only, ...
-        raise ValueError(f"{path}: cannot read weights ({_one_line(err)})") from None
+def _read_imagenet_state(path: Path, state: dict | None = None) -> dict[str, torch.Tensor]:
+    if state is None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # truncated zip, pickle refused by weights_only, ...
+            raise ValueError(f"{path}: cannot read weights ({_one_line(err)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -223,17 +225,32 @@ def _gap_head(net: nn.Module) -> None:
     nn.init.zeros_(net.classifier[6].bias)
 
 
+def _pretrained_net(arch: str, kind: str) -> nn.Module:
+    """An empty torchvision ``arch`` shaped like its ``kind`` weights file."""
+    if kind == "cxr":  # torchxrayvision's DenseNet121: gray input, 18 pathologies
+        net = torchvision.models.get_model(arch, weights=None, num_classes=_weights.CXR_CLASSES)
+        old = net.features.conv0
+        net.features.conv0 = nn.Conv2d(1, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+        return net
+    if arch == "inception_v3":  # the ImageNet file has the aux head: build it to load
+        return torchvision.models.get_model(arch, weights=None, aux_logits=True, transform_input=False,
+                                            init_weights=False)
+    return torchvision.models.get_model(arch, weights=None)
+
+
 def build_model(arch: str, num_classes: int = 2, pretrained: bool = False,
                 weights_path: str | Path | None = None, seed: int | None = None,
-                vgg_head: str = "classic") -> GrayToModel:
+                vgg_head: str = "classic", weights: str = "random") -> GrayToModel:
     """A torchvision classifier for single-channel ``[0, 1]`` input with a ``num_classes`` head.
 
-    - ``pretrained=True``: ImageNet weights through torchvision's weights API
-      (``get_model_weights(arch).DEFAULT``; downloaded once, needs internet).
-    - ``weights_path``: the same ImageNet weights from a local file instead (a torchvision
-      state dict with its 1000-class head), e.g. for an offline machine.
-    - neither: random initialisation (``seed`` makes it reproducible without touching
-      the global random state).
+    - ``weights``: ``"random"``, ``"imagenet"`` (torchvision's weights API,
+      ``get_model_weights(arch).DEFAULT``) or ``"cxr"`` (torchxrayvision's chest-X-ray
+      DenseNet121; ImageNet for the other archs): found offline or downloaded once, see
+      ``weights``; ``pretrained=True`` is ``weights="imagenet"``.
+    - ``weights_path``: ImageNet weights from a named local file instead (a torchvision
+      state dict with its 1000-class head).
+    - random: ``seed`` makes the initialisation reproducible without touching the global
+      random state.
 
     - ``vgg_head``: ``"classic"`` or ``"gap"`` for the VGGs (see ``VGG_HEADS``); ignored
       by the other archs.
@@ -245,6 +262,7 @@ def build_model(arch: str, num_classes: int = 2, pretrained: bool = False,
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if vgg_head not in VGG_HEADS:
         raise ValueError(f"vgg_head must be one of {', '.join(VGG_HEADS)}, not {vgg_head!r}")
+    kind = _weights.kind_for("imagenet" if pretrained and weights == "random" else weights, arch)
     options = {"vgg_head": vgg_head} if arch.startswith("vgg") and vgg_head != "classic" else {}
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
@@ -252,20 +270,18 @@ def build_model(arch: str, num_classes: int = 2, pretrained: bool = False,
         if weights_path is not None:
             path = Path(weights_path)
             state = _read_imagenet_state(path)
-            if arch == "inception_v3":  # the ImageNet file has the aux head: build it to load
-                net = torchvision.models.get_model(arch, weights=None, aux_logits=True,
-                                                   transform_input=False, init_weights=False)
-            else:
-                net = torchvision.models.get_model(arch, weights=None)
+            kind = "imagenet"
+        elif kind != "random":
+            state, path = _weights.load(kind, arch)
+            state = _read_imagenet_state(path, state)
+        if kind != "random":
+            net = _pretrained_net(arch, kind)
             try:
                 net.load_state_dict(state, strict=True)
             except RuntimeError as err:
-                raise ValueError(f"{path}: not ImageNet weights of {arch} "
+                label = "ImageNet" if kind == "imagenet" else "chest-X-ray"
+                raise ValueError(f"{path}: not {label} weights of {arch}, shapes or names differ "
                                  f"({_one_line(err)})") from None
-            loaded = True
-        elif pretrained:
-            weights = torchvision.models.get_model_weights(arch).DEFAULT
-            net = _torchvision_model(arch, num_classes, weights=weights)
             loaded = True
         else:
             net = _torchvision_model(arch, num_classes, weights=None)
@@ -314,8 +330,8 @@ def build_model(arch: str, num_classes: int = 2, pretrained: bool = False,
             # keep the CAM layer's output a fresh tensor for Grad-CAM's hooks.
             cam.inplace = False
 
-    mean, std = ((spec.pretrained_mean, spec.pretrained_std) if loaded
-                 else (SCRATCH_MEAN, SCRATCH_STD))
+    mean, std = ((_weights.CXR_MEAN, _weights.CXR_STD) if kind == "cxr" else
+                 (spec.pretrained_mean, spec.pretrained_std) if loaded else (SCRATCH_MEAN, SCRATCH_STD))
     return GrayToModel(net, arch, mean, std, num_classes, options)
 
 

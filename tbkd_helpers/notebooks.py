@@ -98,7 +98,9 @@ def reproduce(profile: str = "quick", data_dir: str | None = None, out_dir: Path
     """
     import os
 
-    out_dir = Path(out_dir) if out_dir else REPO_ROOT / "runs" / profile
+    from .config import get_profile
+
+    out_dir = Path(out_dir) if out_dir else REPO_ROOT / "runs" / get_profile(profile).run_name
     os.environ.setdefault("TBKD_PROGRESS", "text")  # the kernels inherit it: text progress bars
     if skip_bad:
         os.environ["TBKD_SKIP_BAD"] = "1"

@@ -28,6 +28,7 @@ from . import segmentation as _seg
 from . import recipes as _recipes
 from . import store
 from . import train as _train
+from . import weights as _weights
 from .config import seed_everything, torch_device
 
 
@@ -80,13 +81,15 @@ def _fingerprint(profile, prep: _data.Prepared, arch: str) -> dict:
            "split_sha256": store.file_sha256(prep.split_path),
            "extraction": store.settings_digest(ext.settings)}
     options = {k: v for k, v in profile.model_options(arch).items() if v != "classic"}
+    if profile.pretrained:
+        out["weights"] = _weights.kind_for(profile.weights, arch)
     return {**out, **options}  # default options leave the fingerprint (and old caches) as it was
 
 
 def new_model(profile, arch: str, seed: int | None = None):
     """A fresh, seeded classifier ``arch`` as the profile builds it (weights, VGG head);
     ``seed`` defaults to the profile's."""
-    return _models.build_model(arch, pretrained=profile.pretrained, seed=profile.seed if seed is None else seed,
+    return _models.build_model(arch, weights=profile.weights, seed=profile.seed if seed is None else seed,
                                **profile.model_options(arch))
 
 

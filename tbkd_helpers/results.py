@@ -45,6 +45,7 @@ from . import metrics as _metrics
 from . import models as _models
 from . import pipeline as _pipe
 from . import store
+from . import weights as _weights
 from .config import seed_everything
 
 SCHEMA = "tbkd-results/1"
@@ -391,6 +392,7 @@ def assemble(profile, specs: dict[str, dict], preds: dict[str, dict], test: dict
     for name, s in specs.items():
         ckpt = s["dir"] / "best.pt"
         models[name] = {"role": s["role"], "arch": s["arch"], "input_size": profile.size_for(s["arch"]),
+                        "weights": _weights.kind_for(profile.weights, s["arch"]),
                         "checkpoint": _rel(ckpt, profile), "weights_sha256": _models.weights_sha256(ckpt),
                         **({"variant": s["variant"]} if "variant" in s else {}),
                         "val_auc": _metrics.summarize(preds[name]["val"]["labels"], preds[name]["val"]["probs"],
@@ -403,6 +405,7 @@ def assemble(profile, specs: dict[str, dict], preds: dict[str, dict], test: dict
                      "threshold_chosen_on": "validation split, data sets pooled",
                      "image_size": profile.image_size, "inception_size": profile.inception_size,
                      "student": profile.student, "pretrained": profile.pretrained,
+                     "weights": profile.weights,
                      "split_sha256": store.file_sha256(Path(profile.artifacts) / "splits.json")},
         "model_order": list(specs),  # the JSON file's keys are sorted; this is the reading order
         "models": models,
@@ -543,6 +546,8 @@ def comparison_table(results: dict):
     for c in results["paper_comparison"]:
         ds = c["dataset"]
         row = {"data set": ds, "paper": _pct(c["paper"]),
+               "weights": results["settings"].get("weights", "imagenet" if results["settings"].get("pretrained")
+                                                  else "random"),
                f"{c['model']}, test split": _pct_ci(c["accuracy"], c["accuracy_lo"], c["accuracy_hi"]),
                "verdict": c["verdict"],
                "best teacher, test split": (f"{c['best_teacher']} " + _pct_ci(c["best_teacher_accuracy"],

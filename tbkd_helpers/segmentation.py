@@ -5,7 +5,7 @@ This module builds it on segmentation-models-pytorch, trains it on the lung mask
 exist, measures it, cleans its predictions and cuts the lungs out of every image:
 
 1. :func:`build_unet` — ``smp.Unet`` with one input channel; the encoder is the
-   profile's ``seg_encoder`` (ImageNet encoder weights with ``profile.pretrained``,
+   profile's ``seg_encoder`` (ImageNet encoder weights with ``profile.seg_pretrained``,
    downloaded the first time, so off where there is no internet). Each image is
    standardised (zero mean, unit variance) inside the model, so the model sees the same
    thing whatever the exposure of the film.
@@ -374,7 +374,7 @@ def train_settings(profile, prep: Prepared) -> dict:
     train, val = masked_part(prep, "train"), masked_part(prep, "val")
     masks = {f"{r.key}:{i}": p for r in train + val for i, p in enumerate((r.mask, r.left_mask, r.right_mask)) if p}
     return {
-        "arch": ARCH, "encoder": profile.seg_encoder, "pretrained": bool(profile.pretrained),
+        "arch": ARCH, "encoder": profile.seg_encoder, "pretrained": bool(profile.seg_pretrained),
         "decoder_channels": list(profile.seg_decoder_channels), "seg_size": profile.seg_size, "epochs": profile.seg_epochs,
         "batch_size": profile.seg_batch_size, "lr": UNET.lr, "seed": profile.seed,
         "augment": AUGMENT, "loss": "dice+bce",
@@ -428,7 +428,7 @@ def train_unet(profile, prep: Prepared | None = None, progress: bool = True, for
     seed_everything(profile.seed)
     x_tr, y_tr = _load_pairs(train, profile.seg_size, progress, "reading training images")
     x_va, y_va = _load_pairs(val, profile.seg_size, progress, "reading validation images")
-    model = build_unet(profile.seg_encoder, profile.pretrained, profile.seg_decoder_channels).to(device)
+    model = build_unet(profile.seg_encoder, profile.seg_pretrained, profile.seg_decoder_channels).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=UNET.lr, weight_decay=UNET.weight_decay)
     loss_fn = _loss()
     bs = profile.seg_batch_size

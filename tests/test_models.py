@@ -202,20 +202,21 @@ def test_summed_kernel_sees_gray_like_the_rgb_model(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "inception_v3"])
-def test_pretrained_true_goes_through_torchvisions_weights_api(arch, monkeypatch):
-    """pretrained=True asks get_model_weights(arch).DEFAULT; its download is replaced by a
-    local state dict (nothing is downloaded in tests)."""
+def test_pretrained_true_asks_for_the_imagenet_weights(arch, monkeypatch, tmp_path):
+    """pretrained=True (weights="imagenet") asks ``weights.load`` for the ImageNet file of
+    ``arch`` (tests/test_weights.py checks where it is looked for); nothing is downloaded."""
+    from tbkd_helpers import weights
+
     state = imagenet_state(arch)
-    enum = torchvision.models.get_model_weights(arch)
     asked = []
 
-    def fake_get_state_dict(self, *args, **kwargs):
-        asked.append(self)
-        return state
+    def fake_load(kind, a, **kw):
+        asked.append((kind, a))
+        return state, tmp_path / f"{a}.pth"
 
-    monkeypatch.setattr(enum, "get_state_dict", fake_get_state_dict)
+    monkeypatch.setattr(weights, "load", fake_load)
     m = build_model(arch, pretrained=True)
-    assert asked == [enum.DEFAULT]
+    assert asked == [("imagenet", arch)]
     spec = ARCHS[arch]
     assert torch.allclose(m.net.get_submodule(spec.first_conv).weight,
                           state[f"{spec.first_conv}.weight"].sum(1, keepdim=True))
