@@ -43,7 +43,7 @@ cells = [
     CAM_LOSS = "mse"        # the map term D: "mse", "l1" or "at" (attention transfer)
     N_BOOT = 1000           # bootstrap resamples behind each 95 % confidence interval
     RULE = "youden"         # threshold rule, applied on the validation split
-    OPTIONS = [("cam", "best", "at"), ("cam", "fusion", "mse")]  # extra students, e.g. add ("cam", "best", "l1")
+    OPTIONS = None          # None: the extra students of the profile, see tk.pipeline.extra_students
     SEEDS = 3               # students trained per variant, paired by seed (the seed-to-seed spread)
     PROGRESS = False        # True: progress bars while training (interactive use)
     """),
@@ -136,8 +136,8 @@ cells = [
 
     The paper gives none of these numbers. The kit chooses them **on the validation split only**:
     `scripts/tune_student.py` trains the kd+cam student once per setting — the profile's own, then
-    one change at a time (a temperature of 1, a stronger and a weaker map term, a weaker logit term,
-    attention transfer as the map loss, the fused guide) — and keeps each one's validation AUC; the
+    one change at a time (a temperature of 1, a stronger map term, attention transfer as the map
+    loss, the fused guide) — and keeps each one's validation AUC; the
     test split is not read. One seed per setting and a small validation split: differences of a few
     hundredths are within the noise, so the profile moves away from its defaults only for a clear gain.
     """),
@@ -483,13 +483,16 @@ cells = [
 
     The same `cam` student (maps only, no soft predictions), with the map term computed by attention
     transfer instead, and guided by the validation-weighted fusion of all five teachers (`OPTIONS`
-    in the parameters cell; add `("cam", "best", "l1")` for the L1 distance).
-    Each student's agreement is measured with *its own* guide's test maps.
+    in the parameters cell, a list of `(variant, guide, loss)`; add `("cam", "best", "l1")` for the
+    L1 distance). Each student's agreement is measured with *its own* guide's test maps. On the
+    `real` and `full` profiles none is trained here by default: each costs as much as a student of
+    the ablation, and a fused guide needs every teacher's maps of every view; the tuning table near
+    the top of this chapter compares the same choices there, on the validation split.
     """),
     code("""
     option_scores = {f"cam · {GUIDE} · {CAM_LOSS}": scores["cam"]}
     option_runs, option_histories = {}, {}
-    for variant, guide, loss in OPTIONS:
+    for variant, guide, loss in (OPTIONS if OPTIONS is not None else tk.pipeline.extra_students(profile)):
         name = f"{variant} · {guide} · {loss}"
         option_runs[name] = {"variant": variant, "guide_mode": guide, "cam_loss": loss}
         model, option_histories[name], _ = tk.pipeline.train_student(profile, variant, prep, guide=guide,
