@@ -7,6 +7,8 @@
     tbkd segment IMAGE|DIR... -o OUTDIR [--checkpoint UNET] [--profile P]   lung masks and extracted lungs
     tbkd predict IMAGE|DIR... [--model CKPT] [--cam OUT.png|OUTDIR/] [--json] [--profile P]
                                                                     P(TB), decision, Grad-CAM overlay
+    tbkd screen DIR [--out REPORT/] [--model CKPT] [--batch-size N] [--profile P]
+                                                                    a folder in batches: screen.csv, report.html
     tbkd export --format torchscript|onnx [--model CKPT] [-o OUT] [--profile P]
                                                                     the student for deployment, checked
 
@@ -22,13 +24,9 @@ from pathlib import Path
 
 PROFILES = ("quick", "real", "full")
 
-# Smallest side (px) of an image `tbkd predict` accepts. Below it a file cannot hold a
-# chest X-ray: the smallest images the kit ever uses are the quick profile's 128-px
-# phantoms (the NLM images are 299 px in the kit's downscaled copy and thousands of px
-# officially), and anything smaller than the classifier's and the U-Net's 32-px inputs
-# (the tiniest settings the kit trains with) would only be blown up from a few pixels
-# and still get a meaningless P(TB).
-MIN_IMAGE_SIDE = 32
+
+
+from .screen import MIN_IMAGE_SIDE, Predictor, check_image_size, write_overlay  # noqa: E402,F401
 
 
 def _reproduce(args) -> int:
@@ -118,95 +116,6 @@ def _segment(args) -> int:
 
 
 # --------------------------------------------------------------------------- tbkd predict
-
-class Predictor:
-    """A classifier checkpoint and the U-Net of a profile, ready for image files.
-
-    ``predict(path)`` does to one file what the kit's stages do to a data set: read it
-    (any PNG/JPEG, any bit depth: ``data.read_image``; an image under ``MIN_IMAGE_SIDE`` px
-    a side is refused with a DataError), predict its lung mask
-    with the U-Net and cut out the lungs as stage 1 does (``segmentation.process_image``,
-    the same 8-bit rounding as the stored extracted images), resize to the classifier's
-    input and return P(TB), the decision at the saved threshold and the Grad-CAM map of
-    the TB class (``cam.compute_cams_and_logits``: one forward pass gives both).
-    """
-
-    def __init__(self, profile, checkpoint=None, unet=None, threshold: float | None = None):
-        from . import models, pipeline, results
-        from . import segmentation as seg
-
-        self.profile = profile
-        self.checkpoint = Path(checkpoint) if checkpoint else pipeline.student_dir(profile, "kd+cam") / "best.pt"
-        if not self.checkpoint.is_file():
-            hint = "" if checkpoint else " (train the student first: notebook 04, or `tbkd reproduce`)"
-            raise FileNotFoundError(f"{self.checkpoint}: no classifier checkpoint here{hint}")
-        self.model, ckpt = models.load_checkpoint(self.checkpoint)
-        self.arch = ckpt["arch"]
-        extra = (ckpt.get("settings") or {}).get("extra") or {}
-        self.size = int(extra.get("size") or profile.size_for(self.arch))
-        self.layer = models.target_layer(self.model, self.arch, stride=int(extra.get("cam_stride") or
-                                                                          profile.cam_stride))
-        self.unet, useg = seg.load_unet(unet or seg.checkpoint_path(profile))
-        self.seg_size = int(useg["seg_size"])
-        if threshold is not None:
-            self.threshold, self.threshold_source = float(threshold), "given on the command line"
-        else:
-            info = results.read_threshold(self.checkpoint)
-            if info is None:
-                self.threshold, self.threshold_source = 0.5, "default 0.5: no saved threshold for this checkpoint"
-            else:
-                self.threshold = float(info["threshold"])
-                self.threshold_source = f"{info['rule']}, chosen on the {info['chosen_on']}"
-
-    def predict(self, path) -> dict:
-        import numpy as np
-        import torch
-
-        from . import cam as _cam
-        from . import segmentation as seg
-        from .data import read_image, resize
-
-        img = read_image(path)
-        check_image_size(img, path)
-        lung_prob = seg.predict_probs(self.unet, [img], self.seg_size)[0]
-        _, ext, info = seg.process_image(img, lung_prob, self.profile)
-        x = resize(seg._to_u8(ext).astype(np.float32) / 255.0, self.size)  # as the stored PNG, read back
-        maps, logits = _cam.compute_cams_and_logits(self.model, self.layer, torch.tensor(x)[None, None],
-                                                    target_class=1, method="gradcam")
-        prob = float(torch.softmax(torch.from_numpy(logits).double(), 1)[0, 1])
-        side = int(min(512, max(seg.extract_size(self.profile), info["box"][2])))
-        _, shown, _ = seg.process_image(img, lung_prob, self.profile.replace(seg_extract_size=side))
-        return {"file": str(path), "prob_tb": round(prob, 6), "decision": "TB" if prob >= self.threshold else "normal",
-                "threshold": round(self.threshold, 6), "threshold_source": self.threshold_source,
-                "lungs": "whole image" if info["fallback"] else "extracted", "lung_check": info["reason"],
-                "model": str(self.checkpoint), "_cam": maps[0], "_image": shown}
-
-
-def check_image_size(image, path) -> None:
-    """Raise DataError (one line naming the file) when an image is smaller than
-    ``MIN_IMAGE_SIDE`` px on either side: too small to be a chest X-ray."""
-    from .data import DataError
-
-    h, w = image.shape[:2]
-    if min(h, w) < MIN_IMAGE_SIDE:
-        raise DataError(f"{path}: image too small ({w}x{h} px; a chest X-ray needs at least "
-                        f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} px)")
-
-
-def write_overlay(image, cam_map, path) -> Path:
-    """The Grad-CAM overlay (``cam.overlay``) as an 8-bit RGB PNG, written atomically."""
-    import numpy as np
-    from PIL import Image
-
-    from . import store
-    from .cam import overlay
-
-    rgb = np.round(np.clip(overlay(image, cam_map, alpha=0.4), 0, 1) * 255).astype(np.uint8)
-    path = Path(path)
-    with store.atomic_path(path, suffix=".png") as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
-    return path
-
 
 def cam_is_folder(cam: str | os.PathLike) -> bool:
     """Whether ``--cam`` names a folder: it ends with a path separator (``out/``, which
@@ -319,7 +228,9 @@ def export_model(model, size: int, path, fmt: str) -> Path:
 
     from . import store
 
-    wrapped = probabilities_module(model.cpu().eval())
+    from .models import for_inference
+
+    wrapped = probabilities_module(for_inference(model.cpu()))  # fused activations, BatchNorm folded
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
     path = Path(path)
     with warnings.catch_warnings():
@@ -429,6 +340,25 @@ def _export(args) -> int:
     return 0 if ok else 1
 
 
+def _screen(args) -> int:
+    from .config import get_profile
+    from .data import DataError
+    from .screen import screen
+
+    profile = get_profile(args.profile)
+    out = args.out or Path(args.folder).with_name(Path(args.folder).name + "_screening")
+    try:
+        summary = screen(args.folder, out, profile, args.model, args.unet, args.threshold,
+                         batch_size=args.batch_size, progress=not args.quiet)
+    except (DataError, ValueError, OSError) as err:
+        print(f"tbkd screen: {_one_line(err)}", file=sys.stderr)
+        return 1
+    rate = f", {summary['images_per_s']:.1f} images/s" if summary["images_per_s"] else ""
+    print(f"{summary['screened']} images screened ({summary['new']} now{rate}); "
+          f"{summary['refused']} refused; report: {out / 'report.html'}, table: {out / 'screen.csv'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tbkd", description="Grad-CAM knowledge distillation for TB detection: "
                                 "the tbkd teaching kit's command line")
@@ -446,6 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "imagenet for full); sets TBKD_WEIGHTS for the notebooks; files are looked for in "
                         "$TBKD_WEIGHTS_DIR and the usual caches, downloaded once when missing")
     r.set_defaults(func=_reproduce)
+
+    sc = sub.add_parser("screen", help="screen a folder of X-rays in batches: screen.csv and report.html, resumable")
+    sc.add_argument("folder", type=Path)
+    sc.add_argument("--out", type=Path, default=None, help="report folder (default: <folder>_screening beside it)")
+    sc.add_argument("--profile", default="quick", choices=("quick", "real", "full"))
+    sc.add_argument("--model", default=None, help="classifier checkpoint (default: the profile's kd+cam student)")
+    sc.add_argument("--unet", default=None, help="U-Net checkpoint (default: the profile's)")
+    sc.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the saved one)")
+    sc.add_argument("--batch-size", type=int, default=16)
+    sc.add_argument("--quiet", action="store_true", help="no progress bar")
+    sc.set_defaults(func=_screen)
 
     c = sub.add_parser("check-data", help="read a data folder in any supported layout and report it")
     c.add_argument("folder", type=Path)

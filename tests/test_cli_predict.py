@@ -272,3 +272,60 @@ def test_export_default_path_beside_the_checkpoint(kit, monkeypatch, capsys):
     assert cli.main(["export", "--format", "onnx"]) == 0
     assert (ckpt.parent / "model.onnx").is_file()
     assert seg.checkpoint_path(prof).is_file()
+
+
+# --------------------------------------------------------------------------- screen
+
+def _screen_folder(tmp_path, prep, n_good=5):
+    folder = tmp_path / "xrays"
+    (folder / "sub").mkdir(parents=True)
+    recs = prep.part("test")[:n_good]
+    for i, r in enumerate(recs):
+        (folder / ("sub" if i % 2 else "") / r.path.name).write_bytes(r.path.read_bytes())
+    (folder / "corrupt.png").write_bytes(recs[0].path.read_bytes()[:70])
+    (folder / "empty.png").write_bytes(b"")
+    return folder, recs
+
+
+def test_screen_a_folder_agrees_with_predict_and_refuses_bad_files(kit, tmp_path, monkeypatch, capsys):
+    prof, prep, ckpt = kit
+    _quick_defaults(monkeypatch, prof)
+    folder, recs = _screen_folder(tmp_path, prep)
+    out = tmp_path / "report"
+    rc = cli.main(["screen", str(folder), "--out", str(out), "--batch-size", "2", "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    bad_lines = [line for line in captured.err.splitlines() if line.startswith("tbkd screen:")]
+    assert len(bad_lines) == 2 and any("corrupt.png" in line for line in bad_lines) \
+        and any("empty.png" in line for line in bad_lines)
+    rows = list(__import__("csv").DictReader(open(out / "screen.csv")))
+    assert len(rows) == len(recs) and set(rows[0]) == set(__import__("tbkd_helpers.screen").screen.SCREEN_FIELDS)
+    pr = cli.Predictor(prof, ckpt)
+    for r in rows:
+        want = pr.predict(r["file"])
+        assert float(r["prob_tb"]) == pytest.approx(want["prob_tb"], abs=1e-4)  # the fast path is faithful
+        assert r["decision"] == want["decision"] and (out / r["overlay"]).is_file()
+    page = (out / "report.html").read_text()
+    order = sorted(rows, key=lambda r: -float(r["prob_tb"]))
+    positions = [page.index(r["overlay"]) for r in order]
+    assert positions == sorted(positions)  # most likely TB first
+    assert "corrupt.png" in page and f"{len(recs)} images screened" in page
+
+
+def test_screen_resumes_where_it_stopped(kit, tmp_path, monkeypatch):
+    from tbkd_helpers import screen as scr
+
+    prof, prep, ckpt = kit
+    folder, recs = _screen_folder(tmp_path, prep)
+    out = tmp_path / "report"
+    first = scr.screen(folder, out, prof, ckpt, progress=False, batch_size=2)
+    assert first["new"] == len(recs) and first["refused"] == 2
+    lines = (out / "screen.csv").read_text().splitlines(keepends=True)
+    # a stop in the middle of the last batch: one row missing, the next one cut in half
+    (out / "screen.csv").write_text("".join(lines[:-2]) + lines[-2][: len(lines[-2]) // 3])
+    again = scr.screen(folder, out, prof, ckpt, progress=False, batch_size=2)
+    assert again["new"] == 2 and again["screened"] == len(recs) and again["refused"] == 2
+    rows = list(__import__("csv").DictReader(open(out / "screen.csv")))
+    assert sorted(r["file"] for r in rows) == sorted(str(p) for p in folder.rglob("*.png")
+                                                    if p.name not in ("corrupt.png", "empty.png"))
+    assert scr.screen(folder, out, prof, ckpt, progress=False)["new"] == 0  # nothing left to do
