@@ -3,7 +3,7 @@
     .venv/bin/python scripts/tune_student.py [--profile real] [--data-dir DIR]
 
 Trains the kd+cam student once per setting of ``pipeline.TUNING_GRID`` (the profile's
-own, then one change at a time: temperature, map weight, map loss, a fused guide) and writes each one's validation AUC to ``results/<profile>/tuning.json``. The
+own, then one change at a time: temperature, map weight, map loss) and writes each one's validation AUC to ``results/<profile>/tuning.json``. The
 test split is never read. Chapter 04 prints the table; the profile's ``kd_alpha``,
 ``cam_beta``, ``kd_temperature`` and ``cam_loss`` are set from it (``config.py`` says so).
 """

@@ -117,3 +117,53 @@ def reproduce(profile: str = "quick", data_dir: str | None = None, out_dir: Path
         print(f"[tbkd] {nb.name} done in {times[nb.name]:.0f} s -> {out_dir / nb.name}",
               file=sys.stderr, flush=True)
     return times
+
+
+# --------------------------------------------------------------------------- prose against outputs
+
+#: figures a chapter may state in prose without printing them: they are not the run's
+#: (the paper's claims, the public anchors, published settings), in the form prose cites them
+EXTERNAL_FIGURES = frozenset({
+    "91.2", "85.7",  # the paper
+    "0.893", "0.870", "0.905", "0.946", "0.948", "0.979", "0.984",  # bob.med.tb anchors (AUC)
+    "0.982", "0.95", "0.978", "0.97",  # published lung-segmentation Dice
+    "0.455", "0.80", "0.85", "0.01", "0.99",  # the BatchNorm-momentum story of chapter 02's prose
+    "0.5", "0.90", "0.70", "0.9", "1.0", "0.0", "1.5", "2.0",  # chance, the WHO target, plain constants
+    "1.07", "1.75", "1.25",  # measured ratios quoted from the benchmarks' documentation
+})
+_NUMBER = re.compile(r"(?<![\w.\-/])(\d+\.\d+)(?![\w.]*\d)")
+
+
+def _output_text(cell) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        if "text" in out:
+            parts.append("".join(out["text"]) if isinstance(out["text"], list) else out["text"])
+        for kind in ("text/plain", "text/markdown", "text/html"):
+            value = out.get("data", {}).get(kind)
+            if value:
+                parts.append("".join(value) if isinstance(value, list) else value)
+    return "\n".join(parts)
+
+
+def unbacked_prose_numbers(nb, allowed=EXTERNAL_FIGURES) -> list[tuple[int, str]]:
+    """Decimal numbers in a notebook's markdown cells that neither its outputs nor its code
+    show, nor ``allowed`` lists: ``[(cell index, number)]``. A chapter whose prose says
+    "an AUC of 0.93" while its table prints 0.85 is caught here; a number the prose cites
+    must be printed by a cell, or be a figure from outside the run (``allowed``). Numbers
+    in formulas (``$...$``) and inline code (examples of notation) are not claims."""
+    cells = nb["cells"] if isinstance(nb, dict) else nb.cells
+    shown = "\n".join(_output_text(c) + "\n" + "".join(c.get("source", "")) for c in cells
+                      if c.get("cell_type") == "code")
+    backed = set(_NUMBER.findall(shown))
+    out = []
+    for i, c in enumerate(cells):
+        if c.get("cell_type") != "markdown":
+            continue
+        text = "".join(c.get("source", ""))
+        text = re.sub(r"\$[^$]*\$", " ", text)  # formulas
+        text = re.sub(r"`[^`]*`", " ", text)  # code and examples of notation
+        for num in _NUMBER.findall(text):
+            if num not in backed and num not in allowed:
+                out.append((i, num))
+    return out

@@ -1192,13 +1192,14 @@ def seeds_verdicts(seeds: dict, dataset: str = "all") -> list[str]:
 
 #: the loss settings ``scripts/tune_student.py`` compares (kd+cam student): the profile's
 #: own first, then one change at a time
-TUNING_GRID = ({}, {"kd_temperature": 1.0}, {"cam_beta": 3.0}, {"cam_loss": "at"}, {"guide": "fusion"})
+TUNING_GRID = ({}, {"kd_temperature": 1.0}, {"cam_beta": 3.0}, {"cam_loss": "at"})
 
 
 def extra_students(profile) -> list[tuple[str, str, str]]:
     """Chapter 04's extra students ``(variant, guide, map loss)`` beside the ablation: on
     the quick profile attention transfer and the fused guide; none on real and full (their
-    cost; ``scripts/tune_student.py`` compares the same choices on validation there)."""
+    cost; ``scripts/tune_student.py`` compares attention transfer there, on validation; the
+    fused guide would need every teacher's maps of every view)."""
     return [("cam", "best", "at"), ("cam", "fusion", "mse")] if profile.name == "quick" else []
 
 

@@ -19,6 +19,9 @@ def main(paths):
     base = os.environ.get("TBKD_ARTIFACTS_BASE") or tempfile.mkdtemp(prefix="tbkd-nb-")
     os.environ.setdefault("TBKD_ARTIFACTS", os.path.join(base, "artifacts"))
     os.environ.setdefault("TBKD_RESULTS", os.path.join(base, "results"))
+    # committed copies carry no progress bars (a frozen bar teaches nothing); a reader who
+    # runs a chapter in JupyterLab, and `make reproduce`, still see them
+    os.environ.setdefault("TBKD_PROGRESS", "off")
     for p in sorted(map(Path, paths)):
         try:
             sec = run_notebook(p, p, parameters={}, log_output=False)

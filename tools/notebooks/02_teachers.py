@@ -175,7 +175,7 @@ cells = [
       this kit's first experiments a MobileNet V3 predicted **one class for every test image**
       (accuracy 0.455) while its AUC was 0.80–0.85. So before every validation the running
       statistics are **recomputed** from the training images (a pass without gradients; the weights
-      do not change), and the kit trains MobileNets from scratch with PyTorch's usual momentum 0.1.
+      do not change), and the kit trains MobileNets from scratch with PyTorch's usual momentum (`0.1`).
       VGG16 has no batch normalisation and nothing to recalibrate.
 
     Each teacher's checkpoints go to `artifacts/<profile>/teachers/<arch>/`: `last.pt` after every
@@ -222,7 +222,7 @@ cells = [
     validation loss; right: the validation AUC, the number the best epoch is chosen by (ringed). What
     to look for: a training loss that falls while the validation loss rises is **overfitting**; a
     validation AUC near 0.5 (the dotted line) means the network ranks TB and normal images no better
-    than chance. A loss that stays at ln 2 ≈ 0.69 means the network still answers 50/50 for every
+    than chance. A loss that stays at $\\ln 2 \\approx 0.69$ means the network still answers 50/50 for every
     image: it has not started to learn. Plain deep networks without batch normalisation or shortcuts
     (VGG16) are the slowest to get going from random weights, which is one reason the later
     architectures added them. With a short training from scratch and the few validation images of the split table,
@@ -356,8 +356,8 @@ cells = [
     cannot be told apart. The numbers show how the teachers rank on phantoms, not how they would do
     on real X-rays. The paper reports 91.2 % accuracy on Shenzhen and 85.7 % on Montgomery (for its
     lightweight detector, as far as the abstract tells); with the real data sets the test split holds
-    about 132 Shenzhen and 28 Montgomery images, and even there a Montgomery accuracy of 0.86 is
-    uncertain by roughly ±0.13.
+    about 132 Shenzhen and 28 Montgomery images, and even there a Montgomery accuracy near 86 % is
+    uncertain by about $\\pm 2\\sqrt{0.86 \\cdot 0.14 / 28} \\approx \\pm 0.13$.
 
     ## ROC curves
 

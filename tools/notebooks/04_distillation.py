@@ -82,7 +82,7 @@ cells = [
     an ambiguous image and an obvious one get different targets, which tells the student more per
     image than the label alone (Hinton called it *dark knowledge*). Dividing the logits by a
     **temperature** $T > 1$ before the softmax makes the distribution softer: a confident teacher's
-    0.98 becomes about 0.73 at $T = 4$, so the student also learns from images the teacher finds
+    $0.98$ becomes about $0.73$ at $T = 4$, so the student also learns from images the teacher finds
     easy. The KL divergence runs from the teacher's distribution to the student's, as in Hinton's
     paper. **Why $T^2$:** the gradient of the soft term with respect to a student logit is
     $\frac{1}{T}\big(p_s^{T} - p_t^{T}\big)$, and for large $T$ it is about
@@ -137,7 +137,7 @@ cells = [
     The paper gives none of these numbers. The kit chooses them **on the validation split only**:
     `scripts/tune_student.py` trains the kd+cam student once per setting — the profile's own, then
     one change at a time (a temperature of 1, a stronger map term, attention transfer as the map
-    loss, the fused guide) — and keeps each one's validation AUC; the
+    loss) — and keeps each one's validation AUC; the
     test split is not read. One seed per setting and a small validation split: differences of a few
     hundredths are within the noise, so the profile moves away from its defaults only for a clear gain.
     """),
@@ -486,8 +486,9 @@ cells = [
     in the parameters cell, a list of `(variant, guide, loss)`; add `("cam", "best", "l1")` for the
     L1 distance). Each student's agreement is measured with *its own* guide's test maps. On the
     `real` and `full` profiles none is trained here by default: each costs as much as a student of
-    the ablation, and a fused guide needs every teacher's maps of every view; the tuning table near
-    the top of this chapter compares the same choices there, on the validation split.
+    the ablation, and a fused guide needs every teacher's maps of every view (five times the
+    guide's cost); the tuning table near the top of this chapter compares attention transfer there,
+    on the validation split.
     """),
     code("""
     option_scores = {f"cam · {GUIDE} · {CAM_LOSS}": scores["cam"]}

@@ -83,7 +83,7 @@ cells = [
 
     Why intervals? Because the test sets are small. On the real data a test split holds about 130
     Shenzhen and 28 Montgomery images: one Montgomery image more or less right moves the accuracy by
-    3.6 points. Two models whose intervals overlap broadly have **not** been shown to differ, whatever
+    $100/28 \\approx 3.6$ points. Two models whose intervals overlap broadly have **not** been shown to differ, whatever
     their point values say. On the `quick` profile the phantom test sets are smaller still, and the
     intervals very wide.
     """),
