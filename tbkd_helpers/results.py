@@ -609,6 +609,12 @@ def readme_table(results: dict, written: str | None = None) -> str:
                      f"a gap of {sv['gap_pp']:+.1f} points (target: within {sv['tolerance_pp']:g}; "
                      + ("met)." if sv["within"] else
                         f"missed by {sv['gap_pp'] - sv['tolerance_pp']:.1f} points)."))
+        seeds = results.get("seeds")
+        sp = (seeds or {}).get("summary", {}).get("kd+cam", {}).get(sv["dataset"], {}).get("accuracy", {})
+        if sp.get("mean") is not None:
+            gap = 100 * (sv["teacher_accuracy"] - sp["mean"])
+            notes.append(f"Over {len(seeds['seeds'])} seeds the student's mean is {_pct(sp['mean'])} "
+                         f"(SD {100 * (sp['sd'] or 0):.1f} points): {gap:+.1f} points from that teacher's one run.")
     cost = results.get("cost", {})
     s_name = student_name("kd+cam")
     if s_name in cost and "densenet121" in cost:

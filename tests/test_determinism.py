@@ -62,3 +62,47 @@ def test_same_profile_twice_writes_the_same_results(tmp_path):
     assert all("latency_ms_b1" not in c for c in a["cost"].values())
     timings = json.loads(first.with_name("timings.json").read_text())
     assert all(t["latency_ms_b1"] > 0 for t in timings["cost"].values())
+
+
+SEEDS_SCRIPT = textwrap.dedent("""
+    import json
+    import tbkd_helpers as tk
+    p = tk.config.get_profile("quick", phantom_counts={"shenzhen": 24, "montgomery": 16}, phantom_size=64,
+                              seg_epochs=1, teachers=("resnet18",), teacher_epochs=2, student_epochs=2,
+                              image_size=32, inception_size=32, cam_size=8, guide_views=2)
+    prep = tk.data.prepare(p, progress=False)
+    s = tk.pipeline.student_seeds(p, prep, [0, 1, 2], variants=("ce", "kd+cam"))
+    print(json.dumps(s["runs"]))
+""")
+
+
+def _seed_runs(tmp: Path, threads: int) -> dict:
+    script = tmp / "seeds.py"
+    script.write_text(SEEDS_SCRIPT)
+    env = {**os.environ, "TBKD_ARTIFACTS": str(tmp / f"t{threads}" / "artifacts"),
+           "TBKD_RESULTS": str(tmp / f"t{threads}" / "results"), "TBKD_PROGRESS": "off",
+           "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run([sys.executable, str(script)], env=env, text=True, capture_output=True)
+    assert proc.returncode == 0, f"{threads} thread(s) failed:\n{(proc.stdout + proc.stderr)[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_across_thread_counts_the_students_stay_within_their_seed_spread(tmp_path):
+    """The contract the README states: another thread count (other convolution kernels and
+    summation orders) may move a trained student's figures, but by no more than training
+    it with another seed does. For each variant and seed, the change between 1 and 2
+    threads is at most the range of that figure over the seeds."""
+    one, two = _seed_runs(tmp_path, 1), _seed_runs(tmp_path, 2)
+    checked = 0
+    for variant in ("ce", "kd+cam"):
+        for metric in ("accuracy", "auc"):
+            over_seeds = [r["test"]["all"][metric] for r in two[variant]]
+            spread = max(over_seeds) - min(over_seeds)
+            for a, b in zip(one[variant], two[variant]):
+                assert a["seed"] == b["seed"]
+                assert abs(a["test"]["all"][metric] - b["test"]["all"][metric]) <= spread + 1e-9, (
+                    f"{variant} seed {a['seed']} {metric}: {a['test']['all'][metric]} with 1 thread, "
+                    f"{b['test']['all'][metric]} with 2, more apart than the seeds' range {spread:.4f}")
+                checked += 1
+    assert checked == 12
