@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = [
     "METRICS", "classification_report", "choose_threshold", "bootstrap_ci", "roc_points",
-    "confusion", "summarize", "mean_sd", "paired_difference",
+    "confusion", "summarize", "mean_sd", "paired_difference", "auc",
 ]
 
 METRICS = ("accuracy", "auc", "sensitivity", "specificity", "precision", "f1")
@@ -59,7 +59,9 @@ def confusion(y_true: Sequence[int], pred: Sequence[int]) -> dict[str, int]:
     return {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
+def auc(y, p) -> float:
+    """ROC AUC (scikit-learn); NaN when only one class is present."""
+    y, p = np.asarray(y), np.asarray(p)
     from sklearn.metrics import roc_auc_score
 
     if len(np.unique(y)) < 2:
@@ -85,7 +87,7 @@ def classification_report(y_true: Sequence[int], prob: Sequence[float],
     y, p = _arrays(y_true, prob)
     c = confusion(y, p >= threshold)
     report = {"n": int(y.size), "n_pos": int((y == 1).sum()), "n_neg": int((y == 0).sum()),
-              "threshold": float(threshold), "auc": _auc(y, p)}
+              "threshold": float(threshold), "auc": auc(y, p)}
     report.update({k: float(v) for k, v in _from_counts(c["tp"], c["fp"], c["tn"], c["fn"]).items()})
     report.update(c)
     return report
@@ -100,7 +102,7 @@ def roc_points(y_true: Sequence[int], prob: Sequence[float]) -> dict:
     if len(np.unique(y)) < 2:
         raise ValueError("roc_points needs both classes in y_true")
     fpr, tpr, thr = roc_curve(y, p)
-    return {"fpr": fpr, "tpr": tpr, "thresholds": thr, "auc": _auc(y, p)}
+    return {"fpr": fpr, "tpr": tpr, "thresholds": thr, "auc": auc(y, p)}
 
 
 _RULE = re.compile(r"^\s*(sens|spec)\s*>=\s*([0-9.]+)\s*$")

@@ -32,11 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 
+from . import metrics as _metrics
 from . import store
 from .config import seed_everything, torch_device
 from .models import checkpoint, has_batchnorm, read_checkpoint, recalibrate_bn
 
-__all__ = ["TrainSettings", "History", "fit", "predict", "evaluate", "dataset_labels",
+__all__ = ["TrainSettings", "History", "fit", "predict", "validate", "dataset_labels",
            "TrainingInterrupted"]
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -228,14 +229,6 @@ def _tuples(obj):
     return tuple(_tuples(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
 
 
-def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    return float(roc_auc_score(labels, probs))
-
-
 def _better(auc: float, loss: float, best_auc: float, best_loss: float) -> bool:
     """Higher AUC wins; equal AUC (or both undefined): lower loss wins."""
     a = -math.inf if math.isnan(auc) else auc
@@ -247,7 +240,7 @@ def _better(auc: float, loss: float, best_auc: float, best_loss: float) -> bool:
 
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+def validate(model: nn.Module, loader: DataLoader, device: torch.device,
              amp: bool = True) -> dict:
     """Validation loss (plain cross-entropy), AUC and accuracy (argmax) of ``model`` on ``loader``."""
     was_training = model.training
@@ -269,7 +262,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
     y = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
     return {
         "loss": losses / max(n, 1),
-        "auc": _auc(y, p[:, 1]) if p.shape[1] == 2 else float("nan"),
+        "auc": _metrics.auc(y, p[:, 1]) if p.shape[1] == 2 else float("nan"),
         "acc": float((p.argmax(1) == y).mean()) if n else float("nan"),
         "n": n,
     }
@@ -473,7 +466,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSet
             inner.close()
             if use_bn and s.bn_recalibrate == "epoch":
                 recalibrate_bn(model, calib_loader, device, s.bn_max_batches)
-            ev = evaluate(model, val_loader, device, s.amp)
+            ev = validate(model, val_loader, device, s.amp)
             history.epoch.append(epoch)
             history.train_loss.append(total / max(n, 1))
             history.val_loss.append(ev["loss"])
@@ -519,7 +512,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSet
     # done before each validation, so best.pt's statistics are already fresh.
     if use_bn and s.bn_recalibrate == "end":
         recalibrate_bn(model, calib_loader, device, s.bn_max_batches)
-    ev = evaluate(model, val_loader, device, s.amp)
+    ev = validate(model, val_loader, device, s.amp)
     history.final = {"epoch": history.best_epoch, "val_loss": ev["loss"], "val_auc": ev["auc"],
                      "val_acc": ev["acc"], "bn_recalibrated": use_bn}
     store.save_torch(checkpoint(model, arch, fingerprint, {
