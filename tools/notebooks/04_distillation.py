@@ -139,7 +139,8 @@ cells = [
     one change at a time (a temperature of 1, a stronger map term, attention transfer as the map
     loss) — and keeps each one's validation AUC; the
     test split is not read. One seed per setting and a small validation split: differences of a few
-    hundredths are within the noise, so the profile moves away from its defaults only for a clear gain.
+    hundredths are within the noise, so the profile moves away from its defaults only for a clear gain
+    (`TUNING_MARGIN` in `tbkd_helpers/pipeline.py`, the rule printed below).
     """),
     code("""
     tuning, lines = tk.pipeline.tuning_report(profile)
