@@ -1253,3 +1253,28 @@ def tuning_report(profile) -> tuple[object, list[str]]:
              f"more than {TUNING_MARGIN:g} -> alpha = {chosen['alpha']:g}, beta = {chosen['beta']:g}, "
              f"T = {chosen['temperature']:g}, map loss {chosen['cam_loss']}", used]
     return table, lines
+
+
+def view_samples(profile, prep: _data.Prepared, guide: "_distill.Guide", i: int, n: int = 4) -> list[tuple]:
+    """``(title, image, map)`` for chapter 04's figure of training image ``i``: the image
+    with the guide's map, then ``n`` of the views the student trains on, each with the
+    guide's own map of that view and its P(TB) (``profile.guide_views``); without fixed
+    views, ``n`` random augmentations with the map warped along (``DistillDataset``)."""
+    base = classifier_dataset(profile, prep, profile.student, "train")
+    out = [("original", base.images[i, 0], guide.cams[i])]
+    views = guide_views(profile, prep)
+    if views is None or guide.source not in profile.teachers:
+        ds = _distill.DistillDataset(base, guide, augment=True)
+        torch.manual_seed(profile.seed)
+        for k in range(n):
+            x, _, m, _ = ds[i]
+            out.append((f"augmented {k + 1}", x[0], m))
+        return out
+    cache = view_cache(profile, guide.source, prep, progress=False)
+    v_count = views.shape[1]
+    for v in range(min(n, v_count)):
+        j = i * v_count + v
+        p = float(torch.softmax(torch.from_numpy(np.asarray(cache.logits[j], np.float64)), 0)[1])
+        out.append((f"view {v + 1}: P(TB) {p:.2f}", _data.apply_view(base.images[i], views[i, v])[0],
+                    np.asarray(cache.cams[j], np.float32)))
+    return out

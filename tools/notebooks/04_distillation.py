@@ -301,28 +301,25 @@ cells = [
     print("the map term's gradient reaches the first convolution, and part of it is second-order")
     """, check=True),
     md("""
-    ## Augmenting the image and its map together
+    ## The views the student trains on, and the teacher's maps of them
 
-    The students train on augmented images, like the teachers: every epoch each X-ray is rotated by
-    a few degrees, shifted, zoomed, made brighter or darker. A geometric change moves the lungs —
-    and the guide map was computed on the *unmoved* image. If only the image moved, the student
-    would be taught to look a few pixels beside the lesion. So `DistillDataset` stacks the map
-    (enlarged to the image's size) as a second channel, applies **one** random rotation, shift and
-    zoom to both, then changes brightness and contrast of the image alone, and shrinks the map back.
-    Below, the training TB image the guide is surest of, and four augmented copies: the map stays on
-    the same spot of the lungs in every column.
+    The students train on augmented images, like the teachers: each X-ray rotated by a few degrees,
+    shifted, zoomed, made brighter or darker. But the guide's map and soft prediction were computed
+    on the *unmoved* image: move only the image and the student is taught to look a few pixels beside
+    the lesion, and to match a confidence the teacher had about another picture. So the kit fixes, for
+    every training image, a few augmented **views** (`profile.guide_views`, drawn once from the seed),
+    lets the guiding teacher compute its logits and its Grad-CAM map **on each view** (cached like the
+    other maps), and each epoch shows the student one of them: the student and the teacher always see
+    the same picture (what Beyer et al., 2022, call *consistent* distillation). A profile without
+    fixed views (`guide_views = 0`) falls back to warping the cached map with the image.
+    Below, the training TB image the guide is surest of, and its first views, each with the guide's
+    own map and P(TB) of that view: the map follows the lungs, because the teacher looked again.
     """),
     code("""
-    torch.manual_seed(profile.seed)
-    augmented = tk.distill.DistillDataset(base, guide_train, augment=True)
     margin = guide_train.logits[:, 1] - guide_train.logits[:, 0]
     i = int(np.argmax(np.where(base.labels.numpy() == 1, margin, -np.inf)))  # the TB image the guide is surest of
-    samples = [("original", base.images[i, 0], guide_train.cams[i])]
-    for k in range(1, 5):
-        xa, _, ma, _ = augmented[i]
-        samples.append((f"augmented {k}", xa[0], ma))
-    fig = tk.viz.joint_augmentation(samples, title=f"{base.records[i].key}: image and {guide_name}'s map, "
-                                    "transformed together")
+    samples = tk.pipeline.view_samples(profile, prep, guide_train, i)
+    fig = tk.viz.joint_augmentation(samples, title=f"{base.records[i].key}: views and {guide_name}'s maps of them")
     tk.viz.save_figure(fig, profile, "04_joint_augmentation");
     """),
     md("""
