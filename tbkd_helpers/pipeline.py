@@ -143,9 +143,51 @@ def student_settings(profile, epochs: int | None = None, seed: int | None = None
     return recipe_settings(profile, _recipes.STUDENT, profile.student, epochs or profile.student_epochs, seed)
 
 
+class _RunLock:
+    """One process trains a run folder at a time: ``<dir>/.training`` holds the pid of the
+    process training there. Another process that wants the same run waits until the lock is
+    released (the run then loads from the cache), or takes it over when its owner is dead."""
+
+    def __init__(self, folder: Path, poll: float = 5.0):
+        self.path, self.poll = Path(folder) / ".training", poll
+
+    def __enter__(self):
+        import os
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    owner = int(self.path.read_text() or 0)
+                    os.kill(owner, 0)
+                except (ValueError, ProcessLookupError, FileNotFoundError):
+                    self.path.unlink(missing_ok=True)  # its owner is gone: take it over
+                    continue
+                except PermissionError:
+                    pass
+                time.sleep(self.poll)
+                continue
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+        return False
+
+
 def _fit(profile, prep, arch: str, ckpt_dir: Path, settings: _train.TrainSettings, progress: bool,
          model: torch.nn.Module | None = None, train_ds=None, extra: dict | None = None,
          step_loss=None, seed: int | None = None):
+    with _RunLock(ckpt_dir):
+        return _fit_locked(profile, prep, arch, ckpt_dir, settings, progress, model, train_ds, extra,
+                           step_loss, seed)
+
+
+def _fit_locked(profile, prep, arch, ckpt_dir, settings, progress, model, train_ds, extra, step_loss, seed):
     seed_everything(profile.seed if seed is None else seed)
     model = model if model is not None else new_model(profile, arch)
     plain_train = classifier_dataset(profile, prep, arch, "train")
