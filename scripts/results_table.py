@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", type=Path, default=REPO / "README.md")
     args = ap.parse_args(argv)
     import datetime
+    import json
 
     path = args.results or results.results_path(config.get_profile(args.profile))
     try:
@@ -35,7 +36,10 @@ def main(argv=None) -> int:
     except (DataError, ValueError) as err:
         print(f"results_table: {err}", file=sys.stderr)
         return 1
-    written = datetime.date.fromtimestamp(Path(path).stat().st_mtime).isoformat()
+    # the day the run wrote it (kept in timings.json), else the file's modification date
+    timings = Path(path).with_name(results.TIMINGS_FILE)
+    written = (json.loads(timings.read_text()).get("written") if timings.is_file() else None) \
+        or datetime.date.fromtimestamp(Path(path).stat().st_mtime).isoformat()
     table = results.readme_table(res, written=written)
     print(table, end="")
     if args.update_readme:
