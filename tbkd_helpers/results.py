@@ -44,6 +44,7 @@ from . import data as _data
 from . import metrics as _metrics
 from . import models as _models
 from . import pipeline as _pipe
+from . import reports as _reports
 from . import store
 from . import weights as _weights
 from .config import seed_everything
@@ -195,15 +196,6 @@ def costs(profile, specs: dict[str, dict], repeats: int = 10, repeats_b32: int =
         out[name] = {"size": size, **c, "latency_ms_b32": round(b32 * 1000, 2),
                      "file_mb": round(ckpt.stat().st_size / 2**20, 2)}
     return out
-
-
-def cost_table(cost: dict):
-    """:func:`costs` as a DataFrame with readable units (``pipeline.cost_table`` plus batch 32
-    and the checkpoint file)."""
-    table = _pipe.cost_table(cost)
-    table["checkpoint file (MB)"] = [cost[m]["file_mb"] for m in table.index]
-    table["CPU latency, batch 32 (ms)"] = [cost[m]["latency_ms_b32"] for m in table.index]
-    return table
 
 
 # --------------------------------------------------------------------------- k-fold, cross-data-set
@@ -487,11 +479,14 @@ TIMINGS_FILE = "timings.json"
 
 
 def split_timings(results: dict) -> tuple[dict, dict]:
-    """``(results without wall-clock figures, those figures)``: the inverse of :func:`merge_timings`."""
+    """``(results without wall-clock figures, those figures)``: the inverse of :func:`merge_timings`.
+    The day of the run goes with the timings (``written``), so that ``results.json`` stays
+    byte-identical between two runs of the same code."""
     import copy
+    import datetime
 
     results = copy.deepcopy(results)
-    timings = {"cost": {}}
+    timings = {"cost": {}, "written": datetime.date.today().isoformat()}
     for name, c in (results.get("cost") or {}).items():
         timings["cost"][name] = {k: c.pop(k) for k in TIMING_KEYS if k in c}
     return results, timings
@@ -575,6 +570,65 @@ def comparison_table(results: dict):
     return pd.DataFrame(rows).set_index("data set")
 
 
+def readme_seeds_table(results: dict) -> str | None:
+    """The students over seeds (markdown): per variant, the mean ± SD of the test accuracy
+    and AUC per data set and of the in-lung share of its maps, and the paired difference
+    from the reference student with its t-interval. ``None`` without seeds."""
+    seeds = results.get("seeds")
+    if not seeds:
+        return None
+    n, ref = len(seeds["seeds"]), seeds["reference"]
+    sets = [ds for ds in PAPER if any(ds in seeds["summary"].get(v, {}) for v in seeds["variants"])]
+
+    def ms(d, scale=1.0, unit=""):
+        if not d or d.get("mean") is None:
+            return "n/a"
+        digits = 1 if scale == 100 else 2
+        return f"{scale * d['mean']:.{digits}f} ± {scale * (d['sd'] or 0):.{digits}f}{unit}"
+
+    def diff(d, scale=1.0, unit=""):
+        if not d or d.get("mean") is None:
+            return "—"
+        digits = 1 if scale == 100 else 2
+        ci = "" if d.get("lo") is None else f" [{scale * d['lo']:+.{digits}f}, {scale * d['hi']:+.{digits}f}]"
+        return f"{scale * d['mean']:+.{digits}f}{unit}{ci}"
+
+    head = ["student"] + [f"{ds.capitalize()} {m}" for ds in sets for m in ("accuracy", "AUC")] + [
+        "in-lung share", f"accuracy − {ref} ({sets[0].capitalize()})", f"in-lung − {ref}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in seeds["variants"]:
+        summ, pair = seeds["summary"].get(v, {}), seeds["paired"].get(v, {})
+        cells = [v]
+        for ds in sets:
+            cells += [ms(summ.get(ds, {}).get("accuracy"), 100, " %"), ms(summ.get(ds, {}).get("auc"))]
+        cells.append(ms(seeds["attention"].get(v, {}).get("in_lung")))
+        cells.append(diff(pair.get("test", {}).get(sets[0], {}).get("accuracy"), 100, " pt") if v != ref else "—")
+        cells.append(diff(pair.get("attention", {}).get("in_lung")) if v != ref else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    chance = (results.get("attention") or {}).get("chance", {}).get("in_lung")
+    note = (f"Students over {n} seeds {seeds['seeds']} (mean ± SD; same split, teachers and guide "
+            f"{seeds['guide']}; the teachers {seeds['teachers']}); differences paired by seed with their 95 % t-interval; "
+            "in-lung share: the part of a student's Grad-CAM map that falls inside the lungs on the pooled "
+            "test images" + (f" (a uniform map: {chance:.2f})." if chance is not None else "."))
+    return "\n".join(lines) + "\n\n" + note
+
+
+def teachers_line(results: dict) -> str | None:
+    """One line: each teacher's test AUC per data set, from ``results['test']``."""
+    test, order = results.get("test") or {}, results.get("model_order") or []
+    parts = []
+    for name in order:
+        if name.startswith("student") or name not in test:
+            continue
+        by = {r["dataset"]: r for r in test[name]}
+        aucs = ", ".join(f"{by[ds]['auc']:.3f}" for ds in PAPER if ds in by)
+        parts.append(f"{name} {aucs}")
+    if not parts:
+        return None
+    return ("Teachers, test AUC (" + ", ".join(ds.capitalize() for ds in PAPER) + "), one run each: "
+            + "; ".join(parts) + ".")
+
+
 def reproduce_command(profile_name: str, data: str) -> str:
     """The command that writes a profile's ``results.json``."""
     return f"make reproduce PROFILE={profile_name}" + (" TBKD_DATA_DIR=..." if data == "real" else "")
@@ -615,6 +669,9 @@ def readme_table(results: dict, written: str | None = None) -> str:
             gap = 100 * (sv["teacher_accuracy"] - sp["mean"])
             notes.append(f"Over {len(seeds['seeds'])} seeds the student's mean is {_pct(sp['mean'])} "
                          f"(SD {100 * (sp['sd'] or 0):.1f} points): {gap:+.1f} points from that teacher's one run.")
+    for extra in (teachers_line(results), readme_seeds_table(results)):
+        if extra:
+            notes.append(extra)
     cost = results.get("cost", {})
     s_name = student_name("kd+cam")
     if s_name in cost and "densenet121" in cost:
@@ -654,8 +711,8 @@ def who_table(who: dict[str, list[dict]], datasets: Sequence[str] | None = None)
             if datasets and r["dataset"] not in datasets:
                 continue
             recs.append({"model": m, "dataset": r["dataset"], "threshold": f"{r['threshold']:.3f}",
-                         "sensitivity": _pipe.format_ci(r["sensitivity"], r["sensitivity_lo"], r["sensitivity_hi"]),
-                         "specificity": _pipe.format_ci(r["specificity"], r["specificity_lo"], r["specificity_hi"]),
+                         "sensitivity": _reports.format_ci(r["sensitivity"], r["sensitivity_lo"], r["sensitivity_hi"]),
+                         "specificity": _reports.format_ci(r["specificity"], r["specificity_lo"], r["specificity_hi"]),
                          "meets WHO": "yes" if r["meets"] else "no",
                          "CI above targets": "yes" if r["meets_ci"] else "no"})
     return pd.DataFrame(recs).set_index(["model", "dataset"])
@@ -669,7 +726,7 @@ def kfold_table(cv: dict, metrics: Sequence[str] = ("accuracy", "auc", "sensitiv
     for m, res in cv["models"].items():
         for ds, s in res["summary"].items():
             recs.append({"model": m, "dataset": ds, **{
-                _pipe.METRIC_LABELS.get(k, k): ("n/a" if s[k]["mean"] is None else
+                _reports.METRIC_LABELS.get(k, k): ("n/a" if s[k]["mean"] is None else
                                                 f"{s[k]['mean']:.2f} ± {s[k]['sd'] or 0:.2f}") for k in metrics}})
     return pd.DataFrame(recs).set_index(["model", "dataset"])
 
@@ -683,13 +740,13 @@ def cross_table(cross: dict, metrics: Sequence[str] = ("accuracy", "auc", "sensi
         for kind, label in (("in_domain", f"{run['train']} test split"), ("cross", f"all of {run['test']}")):
             r = run[kind]
             recs.append({"trained on": run["train"], "tested on": label, "n (TB)": f"{r['n']} ({r['n_pos']})",
-                         **{_pipe.METRIC_LABELS.get(k, k): _pipe.format_ci(r[k], r[f"{k}_lo"], r[f"{k}_hi"])
+                         **{_reports.METRIC_LABELS.get(k, k): _reports.format_ci(r[k], r[f"{k}_lo"], r[f"{k}_hi"])
                             for k in metrics}})
     return pd.DataFrame(recs).set_index(["trained on", "tested on"])
 
 
 __all__ = ["PAPER", "WHO_TPP", "WHO_RULE", "STUDENT_VARIANTS", "student_name", "model_specs", "ensure_models",
            "all_predictions", "save_threshold", "read_threshold", "test_metrics", "who_operating_point", "costs",
-           "cost_table", "default_cv_models", "kfold", "cross_dataset", "verdict",
+           "default_cv_models", "kfold", "cross_dataset", "verdict",
            "paper_comparison", "student_vs_teacher", "assemble", "collect", "write", "load", "readme_table",
            "update_readme", "comparison_table", "who_table", "kfold_table", "cross_table"]

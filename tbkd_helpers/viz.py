@@ -363,7 +363,7 @@ def roc_curves(curves: dict, title: str | None = None):
     """ROC curves of several models on one axis per data set.
 
     ``curves``: ``{dataset: {model: {"fpr", "tpr", "auc"[, "point", "n_pos", "n_neg"]}}}``
-    (``pipeline.roc_by_dataset`` builds it). Each model is one line, labelled with its AUC;
+    (``reports.roc_by_dataset`` builds it). Each model is one line, labelled with its AUC;
     ``point`` (false-positive rate, sensitivity) — the operating point at the threshold
     chosen on validation — is drawn as a dot on the line. A dotted diagonal is chance.
     """
@@ -621,7 +621,7 @@ def ablation_intervals(points: dict, reference: dict | None = None, title: str |
     model, models top to bottom in the order given. Overlapping bars: the data do not
     tell the models apart.
 
-    ``points``: ``{model: {quantity: (value, lo, hi)}}`` (``pipeline.ablation_points``);
+    ``points``: ``{model: {quantity: (value, lo, hi)}}`` (``reports.ablation_points``);
     NaN parts are left out. ``reference``: ``{quantity: value}`` drawn as a dotted grey
     line (e.g. chance: AUC 0.5, the lungs' share of the image for the in-lung share).
     """

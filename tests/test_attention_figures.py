@@ -1,7 +1,7 @@
 """The attention figures results.json carries, against their chance levels."""
 import numpy as np
 
-from tbkd_helpers import pipeline
+from tbkd_helpers import pipeline, reports
 
 
 def _masks(n=6, s=16):
@@ -36,5 +36,5 @@ def test_without_lesion_masks_the_lesion_figures_are_undefined():
     assert figs["pointing"]["mean"] is None and figs["lesion_share"]["mean"] is None
     assert figs["in_lung"]["mean"] is not None
     assert pipeline.attention_chance(lungs, none)["pointing"] is None
-    lines = pipeline.attention_lines({"chance": pipeline.attention_chance(lungs, none), "models": {"m": figs}})
+    lines = reports.attention_lines({"chance": pipeline.attention_chance(lungs, none), "models": {"m": figs}})
     assert "pointing game n/a" in lines[1] and lines[0].strip().startswith("chance")

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from tbkd_helpers import cam, config, pipeline, viz  # noqa: E402
+from tbkd_helpers import cam, config, pipeline, reports, viz  # noqa: E402
 from tbkd_helpers.metrics import summarize  # noqa: E402
 from tbkd_helpers.train import History  # noqa: E402
 
@@ -114,7 +114,7 @@ def test_ablation_table_formats_every_cell_and_keeps_order():
     maps, lungs, _ = _maps_and_masks()
     att = {"kd+cam": pipeline.attention_by_dataset(maps, lungs, maps, ["montgomery", "montgomery",
                                                                        "shenzhen", "shenzhen"], n_boot=50)}
-    table = pipeline.ablation_table(results, att)
+    table = reports.ablation_table(results, att)
     assert list(table.index) == [(m, d) for m in ("ce", "kd+cam") for d in ("montgomery", "shenzhen", "all")]
     assert list(table.columns) == ["n (TB)", "accuracy", "AUC", "sensitivity", "specificity", "F1",
                                    "in-lung share", "agreement with guide"]
@@ -124,7 +124,7 @@ def test_ablation_table_formats_every_cell_and_keeps_order():
     assert table.loc[("ce", "shenzhen"), "in-lung share"] == "—"  # no attention measured for "ce"
     assert table.loc[("kd+cam", "montgomery"), "in-lung share"] == "1.00 [1.00, 1.00]"
     assert table.loc[("kd+cam", "all"), "agreement with guide"].startswith("1.00 [")
-    plain = pipeline.ablation_table(results)
+    plain = reports.ablation_table(results)
     assert "in-lung share" not in plain.columns and len(plain) == 6
 
 
@@ -133,14 +133,14 @@ def test_ablation_points_picks_one_dataset_with_nan_for_undefined():
     results["kd"][-1]["f1_lo"] = None
     maps, lungs, _ = _maps_and_masks()
     att = {"ce": pipeline.attention_by_dataset(maps, lungs, maps, ["montgomery"] * 4, n_boot=20)}
-    pts = pipeline.ablation_points(results, att)
+    pts = reports.ablation_points(results, att)
     assert list(pts) == ["ce", "kd"]
     r = results["ce"][-1]
     assert pts["ce"]["AUC"] == pytest.approx((r["auc"], r["auc_lo"], r["auc_hi"]))
     assert pts["ce"]["in-lung share"][0] == pytest.approx(0.75)
     assert "in-lung share" not in pts["kd"]
     assert np.isnan(pts["kd"]["F1"][1])
-    assert "in-lung share" not in pipeline.ablation_points(results, att, dataset="shenzhen")["ce"]
+    assert "in-lung share" not in reports.ablation_points(results, att, dataset="shenzhen")["ce"]
 
 
 # --------------------------------------------------------------------------- gallery
@@ -148,9 +148,9 @@ def test_ablation_points_picks_one_dataset_with_nan_for_undefined():
 def test_distill_gallery_picks_the_guides_surest_images():
     labels = [1, 0, 1, 1, 0, 1]
     probs = [0.7, 0.4, 0.9, 0.7, 0.1, 0.2]
-    picks = pipeline.distill_gallery_picks(labels, probs)
+    picks = reports.distill_gallery_picks(labels, probs)
     assert picks == {"TB": [2, 0, 3], "normal": [4]}  # ties keep the split's order
-    assert pipeline.distill_gallery_picks(labels, probs, {"TB": 1, "normal": 5}) == {"TB": [2], "normal": [4, 1]}
+    assert reports.distill_gallery_picks(labels, probs, {"TB": 1, "normal": 5}) == {"TB": [2], "normal": [4, 1]}
 
 
 def test_distill_gallery_rows_resize_maps_and_judge_decisions():
@@ -160,7 +160,7 @@ def test_distill_gallery_rows_resize_maps_and_judge_decisions():
                          "probs": np.array([0.2, 0.8, 0.9]), "threshold": 0.5},
                "student": {"maps": np.ones((3, 8, 8), np.float32), "probs": np.array([0.6, 0.3, 0.1]),
                            "threshold": 0.5}}
-    rows = pipeline.distill_gallery_rows(records, images, columns, {"TB": [1], "normal": [], "x": [0, 2]},
+    rows = reports.distill_gallery_rows(records, images, columns, {"TB": [1], "normal": [], "x": [0, 2]},
                                          lungs=np.ones((3, 8, 8), bool))
     assert [r["group"] for r in rows] == ["TB", "normal: none on this split", "x", "x"]
     assert "key" not in rows[1]

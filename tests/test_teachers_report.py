@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tbkd_helpers import pipeline, viz  # noqa: E402
+from tbkd_helpers import pipeline, reports, viz  # noqa: E402
 from tbkd_helpers.metrics import METRICS, summarize  # noqa: E402
 from tbkd_helpers.train import History  # noqa: E402
 
@@ -67,7 +67,7 @@ def test_training_curves_log_scale_only_for_spread_losses():
 
 def test_roc_curves_one_axis_per_dataset_and_operating_points():
     parts = {m: _preds(i) for i, m in enumerate(MODELS)}
-    curves = pipeline.roc_by_dataset(parts, thresholds={m: 0.5 for m in MODELS})
+    curves = reports.roc_by_dataset(parts, thresholds={m: 0.5 for m in MODELS})
     assert list(curves) == ["montgomery", "shenzhen", "all"]
     fig = viz.roc_curves(curves)
     assert len(fig.axes) == 3
@@ -80,13 +80,13 @@ def test_roc_curves_one_axis_per_dataset_and_operating_points():
 
 def test_roc_by_dataset_matches_metrics():
     parts = {"a": _preds(0)}
-    curves = pipeline.roc_by_dataset(parts, thresholds={"a": 0.6})
+    curves = reports.roc_by_dataset(parts, thresholds={"a": 0.6})
     rep = summarize(parts["a"]["labels"], parts["a"]["probs"], threshold=0.6, n_boot=0)
     c = curves["all"]["a"]
     assert c["auc"] == pytest.approx(rep["auc"], abs=1e-4)
     assert c["point"] == pytest.approx((1 - rep["specificity"], rep["sensitivity"]), abs=1e-4)
     assert c["n_pos"] + c["n_neg"] == 48
-    one = pipeline.roc_by_dataset({"a": _preds(0, datasets=("shenzhen",))})
+    one = reports.roc_by_dataset({"a": _preds(0, datasets=("shenzhen",))})
     assert list(one) == ["shenzhen"]  # no pooled "all" that would repeat the one data set
     assert "point" not in one["shenzhen"]["a"]
 
@@ -112,27 +112,27 @@ def test_model_colours_fixed_by_position():
 # --------------------------------------------------------------------------- tables
 
 def test_format_ci():
-    assert pipeline.format_ci(0.9123, 0.861, 0.95) == "0.91 [0.86, 0.95]"
-    assert pipeline.format_ci(0.9, None, None) == "0.90"
-    assert pipeline.format_ci(None) == "n/a"
-    assert pipeline.format_ci(math.nan, 0.1, 0.2) == "n/a"
-    assert pipeline.format_ci(0.5, 0.25, 0.75, digits=3) == "0.500 [0.250, 0.750]"
+    assert reports.format_ci(0.9123, 0.861, 0.95) == "0.91 [0.86, 0.95]"
+    assert reports.format_ci(0.9, None, None) == "0.90"
+    assert reports.format_ci(None) == "n/a"
+    assert reports.format_ci(math.nan, 0.1, 0.2) == "n/a"
+    assert reports.format_ci(0.5, 0.25, 0.75, digits=3) == "0.500 [0.250, 0.750]"
 
 
 def test_metrics_table_from_evaluate_rows():
     preds = {"val": _preds(1), "test": _preds(2)}
     rows = pipeline.evaluate(preds, n_boot=50, seed=0)
-    table = pipeline.metrics_table({"resnet18": rows, "vgg16": rows})
+    table = reports.metrics_table({"resnet18": rows, "vgg16": rows})
     assert list(table.index.names) == ["model", "dataset"]
     assert list(table.index) == [(m, d) for m in ("resnet18", "vgg16") for d in ("montgomery", "shenzhen", "all")]
-    assert list(table.columns) == ["n (TB)"] + [pipeline.METRIC_LABELS[m] for m in METRICS]
+    assert list(table.columns) == ["n (TB)"] + [reports.METRIC_LABELS[m] for m in METRICS]
     assert table.loc[("vgg16", "all"), "n (TB)"] == "48 (24)"
     r = rows[-1]
-    assert table.loc[("resnet18", "all"), "AUC"] == pipeline.format_ci(r["auc"], r["auc_lo"], r["auc_hi"])
+    assert table.loc[("resnet18", "all"), "AUC"] == reports.format_ci(r["auc"], r["auc_lo"], r["auc_hi"])
 
 
 def test_cost_table_units():
-    table = pipeline.cost_table({"resnet18": {"size": 64, "params": 11_170_000, "flops": 2_300_000_000,
+    table = reports.cost_table({"resnet18": {"size": 64, "params": 11_170_000, "flops": 2_300_000_000,
                                               "weights_mb": 42.6, "latency_ms_b1": 3.1}})
     row = table.loc["resnet18"]
     assert row["parameters (M)"] == 11.17 and row["GFLOPs"] == 2.3 and row["input (px)"] == 64

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tbkd_helpers import data, distill, metrics, pipeline, recipes
+from tbkd_helpers import data, distill, metrics, pipeline, recipes, reports
 from tbkd_helpers.config import get_profile
 from tbkd_helpers.data import Record
 
@@ -120,11 +120,11 @@ def _seed_result(acc_ce, acc_kc):
 
 
 def test_seed_verdicts_follow_the_paired_intervals():
-    up = pipeline.seeds_verdicts(_seed_result([0.70, 0.72, 0.71], [0.80, 0.83, 0.81]))
+    up = reports.seeds_verdicts(_seed_result([0.70, 0.72, 0.71], [0.80, 0.83, 0.81]))
     assert any(line.startswith("kd+cam: accuracy (all) higher than ce's") for line in up)
-    level = pipeline.seeds_verdicts(_seed_result([0.70, 0.80, 0.75], [0.78, 0.71, 0.76]))
+    level = reports.seeds_verdicts(_seed_result([0.70, 0.80, 0.75], [0.78, 0.71, 0.76]))
     assert any("accuracy (all) not told apart" in line for line in level)
-    table = pipeline.seeds_table(_seed_result([0.70, 0.72, 0.71], [0.80, 0.83, 0.81]))
+    table = reports.seeds_table(_seed_result([0.70, 0.72, 0.71], [0.80, 0.83, 0.81]))
     assert table.loc["kd+cam", "accuracy"] == "81.3 ± 1.5 %" and table.loc["ce", "accuracy − ce"] == "—"
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tbkd_helpers import cam, pipeline, viz, widgets
+from tbkd_helpers import cam, pipeline, reports, viz, widgets
 from tbkd_helpers.models import build_model
 
 SIZE = 32
@@ -336,14 +336,14 @@ def test_attention_table_measures_each_teacher():
 
 def test_gallery_picks_by_majority_vote():
     att = _attention()
-    picks = pipeline.gallery_picks(att, per_group=2)
+    picks = reports.gallery_picks(att, per_group=2)
     # votes: A = PROBS_A, B = PROBS_B, C = reversed PROBS_A (all at 0.5)
     says = np.mean([att.predicted(k) for k in TEACHERS], 0) > 0.5
     for g, idx in picks.items():
         for i in idx:
             assert att.labels[i] == (0 if g == "FP" else 1)
             assert says[i] == (g != "FN")
-    rows = pipeline.gallery_rows(att, {"TP": picks["TP"], "FP": []})
+    rows = reports.gallery_rows(att, {"TP": picks["TP"], "FP": []})
     assert rows[-1]["group"].startswith("FP: none")
     assert set(rows[0]["panels"]) == set(TEACHERS)
     fig = viz.cam_gallery(rows, att.teachers)
@@ -394,7 +394,7 @@ def test_attention_table_with_a_collapsed_teacher(recwarn):
     assert by[C]["pointing"] == 0.0  # an empty map points nowhere: a miss
     assert np.isfinite(by[A]["agreement"]) and by[A]["n_empty"] == 0
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
-    lines = pipeline.attention_summary(rows)
+    lines = reports.attention_summary(rows)
     assert len(lines) == 3 and "every map is empty" in lines[2] and "against chance" in lines[0]
     assert set(pipeline.ATTENTION_COLUMNS) == set(rows[0]) - {"teacher"}
 

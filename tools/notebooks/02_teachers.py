@@ -336,7 +336,7 @@ cells = [
               f"{1 / row.images:.3f}, one TB image the sensitivity by {1 / max(row.TB, 1):.3f}")
     """, check=True),
     code("""
-    table = tk.pipeline.metrics_table(results, index_name="teacher")
+    table = tk.reports.metrics_table(results, index_name="teacher")
     table
     """),
     code("""
@@ -368,7 +368,7 @@ cells = [
     need not be the curve's best point.
     """),
     code("""
-    curves = tk.pipeline.roc_by_dataset({arch: p["test"] for arch, p in preds.items()}, thresholds)
+    curves = tk.reports.roc_by_dataset({arch: p["test"] for arch, p in preds.items()}, thresholds)
     fig = tk.viz.roc_curves(curves)
     tk.viz.save_figure(fig, profile, "02_roc");
     """),
@@ -398,7 +398,7 @@ cells = [
     code("""
     costs = {arch: {"size": profile.size_for(arch), **tk.pipeline.cost(models[arch], profile.size_for(arch))}
              for arch in profile.teachers}
-    tk.pipeline.cost_table(costs)
+    tk.reports.cost_table(costs)
     """),
     md("""
     ## Handing over to chapter 03

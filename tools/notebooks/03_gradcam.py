@@ -179,11 +179,11 @@ cells = [
     (the table below counts them).
     """),
     code("""
-    picks = tk.pipeline.gallery_picks(att, per_group=GALLERY_PER_GROUP)
+    picks = tk.reports.gallery_picks(att, per_group=GALLERY_PER_GROUP)
     for group, idx in picks.items():
         print(f"{group}: {len(idx)} shown" if idx else
-              f"{group}: none on this test split ({tk.pipeline.GALLERY_GROUPS[group]})")
-    fig = tk.viz.cam_gallery(tk.pipeline.gallery_rows(att, picks), att.teachers, method=att.method)
+              f"{group}: none on this test split ({tk.reports.GALLERY_GROUPS[group]})")
+    fig = tk.viz.cam_gallery(tk.reports.gallery_rows(att, picks), att.teachers, method=att.method)
     tk.viz.save_figure(fig, profile, "03_gallery");
     """),
     md("""
@@ -249,7 +249,7 @@ cells = [
     table.round(3)
     """),
     code("""
-    for line in tk.pipeline.attention_summary(rows):
+    for line in tk.reports.attention_summary(rows):
         print(line)
     """),
     code("""

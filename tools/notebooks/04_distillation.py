@@ -143,7 +143,7 @@ cells = [
     (`TUNING_MARGIN` in `tbkd_helpers/pipeline.py`, the rule printed below).
     """),
     code("""
-    tuning, lines = tk.pipeline.tuning_report(profile)
+    tuning, lines = tk.reports.tuning_report(profile)
     print("\\n".join(lines))
     tuning
     """),
@@ -393,7 +393,7 @@ cells = [
     print(f"{len(test_records)} test images; the lungs cover {chance_in_lung:.0%} of an image (chance in-lung share)")
     """),
     code("""
-    table = tk.pipeline.ablation_table({n: s["test"] for n, s in scores.items()},
+    table = tk.reports.ablation_table({n: s["test"] for n, s in scores.items()},
                                       {n: s["attention"] for n, s in scores.items()})
     table
     """),
@@ -408,7 +408,7 @@ cells = [
     95 % interval. Where the bars overlap, the test split cannot tell the students apart.
     """),
     code("""
-    points = tk.pipeline.ablation_points({n: s["test"] for n, s in scores.items()},
+    points = tk.reports.ablation_points({n: s["test"] for n, s in scores.items()},
                                          {n: s["attention"] for n, s in scores.items()})
     fig = tk.viz.ablation_intervals(points, reference={"AUC": 0.5, "in-lung share": chance_in_lung,
                                                        "agreement with guide": 0.0})
@@ -467,10 +467,10 @@ cells = [
     seeds = tk.pipeline.student_seeds(profile, prep, tk.pipeline.seed_list(profile, SEEDS), guide=GUIDE,
                                      cam_loss=CAM_LOSS, rule=RULE, progress=PROGRESS)
     print(f"{len(seeds['seeds'])} seeds {seeds['seeds']}, guide {seeds['guide']}; test split, data sets pooled")
-    tk.pipeline.seeds_table(seeds)
+    tk.reports.seeds_table(seeds)
     """),
     code("""
-    print("\\n".join(tk.pipeline.seeds_verdicts(seeds)))
+    print("\\n".join(tk.reports.seeds_verdicts(seeds)))
     """),
     md("""
     These verdict lines are the chapter's conclusion about the students: they are read from the
@@ -498,7 +498,7 @@ cells = [
                                                                      cam_loss=loss, progress=PROGRESS)
         option_scores[name] = tk.pipeline.score_student(profile, prep, model, variant, guide, loss, rule=RULE,
                                                         n_boot=N_BOOT)
-    tk.pipeline.ablation_table({n: s["test"] for n, s in option_scores.items()},
+    tk.reports.ablation_table({n: s["test"] for n, s in option_scores.items()},
                                {n: s["attention"] for n, s in option_scores.items()}).xs("all", level="dataset")
     """),
     code("""
@@ -524,8 +524,8 @@ cells = [
     while `ce`'s and `kd`'s go their own way.
     """),
     code("""
-    picks = tk.pipeline.distill_gallery_picks([r.label for r in test_records], scores[f"guide: {guide_name}"]["probs"])
-    rows = tk.pipeline.distill_gallery_rows(test_records, tk.pipeline.classifier_dataset(profile, prep, profile.student,
+    picks = tk.reports.distill_gallery_picks([r.label for r in test_records], scores[f"guide: {guide_name}"]["probs"])
+    rows = tk.reports.distill_gallery_rows(test_records, tk.pipeline.classifier_dataset(profile, prep, profile.student,
                                                                                         "test").images,
                                             scores, picks, lungs=lungs,
                                             lesions=tk.pipeline.lung_masks(profile, test_records, profile.image_size,
@@ -544,7 +544,7 @@ cells = [
     for arch in profile.teachers:
         teacher = tk.pipeline.load_classifier(tk.pipeline.teacher_dir(profile, arch) / "best.pt")
         costs[arch] = {"size": profile.size_for(arch), **tk.pipeline.cost(teacher, profile.size_for(arch))}
-    tk.pipeline.cost_table(costs)
+    tk.reports.cost_table(costs)
     """),
     code("""
     for arch in profile.teachers:

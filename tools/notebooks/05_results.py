@@ -89,7 +89,7 @@ cells = [
     """),
     code("""
     test = tk.results.test_metrics(preds, n_boot=N_BOOT, seed=profile.seed)
-    tk.pipeline.metrics_table(test)
+    tk.reports.metrics_table(test)
     """),
     code("""
     for name, rows in test.items():
@@ -212,7 +212,7 @@ cells = [
     """),
     code("""
     cost = tk.results.costs(profile, specs, repeats=LATENCY_REPEATS)
-    tk.results.cost_table(cost)
+    tk.reports.cost_table(cost)
     """),
     code("""
     student, teacher = cost[tk.results.student_name("kd+cam")], cost["densenet121"]
@@ -312,7 +312,7 @@ cells = [
     loaded = {name: (tk.pipeline.load_classifier(s["dir"] / "best.pt"), s["arch"]) for name, s in specs.items()}
     attention = tk.pipeline.attention_report(profile, prep, loaded, n_boot=N_BOOT)
     print(f"guide: {attention['guide']}; {attention['n_images']} test images")
-    print("\\n".join(tk.pipeline.attention_lines(attention)))
+    print("\\n".join(tk.reports.attention_lines(attention)))
     """),
     md("""
     ## Everything in one file
