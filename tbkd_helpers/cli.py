@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--model", default=None, help="classifier checkpoint (default: the profile's kd+cam student)")
     sc.add_argument("--unet", default=None, help="U-Net checkpoint (default: the profile's)")
     sc.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the saved one)")
-    sc.add_argument("--batch-size", type=int, default=16)
+    sc.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
     sc.set_defaults(func=_screen)
 

@@ -375,14 +375,15 @@ def _fused_activations(net: nn.Module) -> None:
             _fused_activations(child)
 
 
-def _fold_batchnorm(net: nn.Module) -> int:
-    """Fold every BatchNorm that directly follows a convolution in a ``Sequential`` into
-    that convolution (eval mode: the same function, one layer less). Returns how many."""
+def fold_batchnorm(net: nn.Module) -> int:
+    """Fold, in place, every BatchNorm that directly follows a convolution in a ``Sequential``
+    into that convolution (eval mode: the same function, one layer less; any model, the
+    U-Net's decoder blocks too). Returns how many."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     folded = 0
     for child in net.children():
-        folded += _fold_batchnorm(child)
+        folded += fold_batchnorm(child)
     if isinstance(net, nn.Sequential):
         keys = list(net._modules)
         for a, b in zip(keys, keys[1:]):
@@ -403,7 +404,7 @@ def for_inference(model: nn.Module) -> nn.Module:
     out = copy.deepcopy(model).eval()
     _fused_activations(out)
     with torch.no_grad():
-        _fold_batchnorm(out)
+        fold_batchnorm(out)
     return out
 
 

@@ -6,14 +6,17 @@ PNG/JPEG, any bit depth), find the lungs with the profile's U-Net and cut them o
 for it on the validation split, with the Grad-CAM map of the TB class.
 
 :func:`screen` streams a folder of any size through the same steps in batches, on the
-fastest faithful path (``models.for_inference``: fused activations, BatchNorm folded), and
-writes ``screen.csv`` (file, P(TB), decision, threshold, lung check), one Grad-CAM overlay
-per image, and ``report.html``, the overlays sorted by P(TB). A stopped screening resumes
+fastest faithful path (the student through ``models.for_inference``: fused activations,
+BatchNorm folded; the U-Net with BatchNorm folded, in ONNX Runtime when it is installed:
+:class:`LungRunner`), and writes ``screen.csv`` (file, P(TB), decision, threshold, lung
+check), one Grad-CAM overlay per image (JPEG), and ``report.html``, the overlays sorted by
+P(TB). A stopped screening resumes
 where it stopped: the files already in ``screen.csv`` (or refused, in ``refused.csv``) are
 not redone. A file that cannot be read gets one line on stderr and the rest go on.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import html
 import os
@@ -77,18 +80,29 @@ class Predictor:
     def prepare(self, img, lung_prob) -> tuple[np.ndarray, dict]:
         """The classifier's input from an image and its U-Net probabilities: the lungs cut
         out as stage 1 does (the same 8-bit rounding as the stored extracted images)."""
+        x, info, _ = self.extract(img, lung_prob)
+        return x, info
+
+    def extract(self, img, lung_prob) -> tuple[np.ndarray, dict, np.ndarray]:
+        """:meth:`prepare` and the post-processed lung mask it used (for :meth:`shown`)."""
         from . import segmentation as seg
         from .data import resize
 
-        _, ext, info = seg.process_image(img, lung_prob, self.profile)
-        return resize(seg._to_u8(ext).astype(np.float32) / 255.0, self.size), info
+        mask, ext, info = seg.process_image(img, lung_prob, self.profile)
+        return resize(seg._to_u8(ext).astype(np.float32) / 255.0, self.size), info, mask
 
-    def shown(self, img, lung_prob, info) -> np.ndarray:
-        """The extracted lungs at a size fit for looking at (up to 512 px)."""
+    def shown(self, img, lung_prob, info, mask=None) -> np.ndarray:
+        """The extracted lungs at a size fit for looking at (up to 512 px); ``mask``: the
+        lung mask :meth:`extract` returned, which spares post-processing it again."""
         from . import segmentation as seg
+        from .data import resize
 
         side = int(min(512, max(seg.extract_size(self.profile), info["box"][2])))
-        return seg.process_image(img, lung_prob, self.profile.replace(seg_extract_size=side))[1]
+        if mask is None:
+            return seg.process_image(img, lung_prob, self.profile.replace(seg_extract_size=side))[1]
+        if info["fallback"]:
+            return resize(img, side)
+        return seg.extract_lungs(img, mask, side, self.profile.seg_margin)
 
     def row(self, path, prob: float, info: dict) -> dict:
         return {"file": str(path), "prob_tb": round(prob, 6), "decision": "TB" if prob >= self.threshold else "normal",
@@ -124,7 +138,8 @@ def check_image_size(image, path) -> None:
 
 
 def write_overlay(image, cam_map, path) -> Path:
-    """The Grad-CAM overlay (``cam.overlay``) as an 8-bit RGB PNG, written atomically."""
+    """The Grad-CAM overlay (``cam.overlay``) as an 8-bit RGB image, written atomically:
+    PNG, or JPEG (quality 90, several times faster to encode) when ``path`` ends in .jpg."""
     import numpy as np
     from PIL import Image
 
@@ -133,8 +148,12 @@ def write_overlay(image, cam_map, path) -> Path:
 
     rgb = np.round(np.clip(overlay(image, cam_map, alpha=0.4), 0, 1) * 255).astype(np.uint8)
     path = Path(path)
-    with store.atomic_path(path, suffix=".png") as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    with store.atomic_path(path, suffix=path.suffix or ".png") as tmp:
+        if jpeg:
+            Image.fromarray(rgb).save(tmp, format="JPEG", quality=90)
+        else:
+            Image.fromarray(rgb).save(tmp, format="PNG")
     return path
 
 
@@ -180,11 +199,69 @@ def _append(path: Path, fields, rows) -> None:
 
 def _overlay_name(path: Path, root: Path) -> str:
     rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
-    return "__".join(rel.with_suffix("").parts) + "_cam.png"
+    return "__".join(rel.with_suffix("").parts) + "_cam.jpg"  # JPEG: a report of any size stays fast
+
+
+class LungRunner:
+    """The profile's U-Net on the fastest faithful path for a stream of images: BatchNorm
+    folded into the decoder's convolutions, run by ONNX Runtime when it is installed (the
+    same function exported with a dynamic batch; PyTorch otherwise). ``runner(images)``
+    gives the lung probabilities ``(N, size, size)``, as ``segmentation.predict_probs``
+    does, up to float rounding; ``runtime`` says which engine runs."""
+
+    def __init__(self, unet, size: int):
+        import shutil
+        import tempfile
+        import warnings
+
+        from . import models
+
+        self.size, self.session, self.runtime = int(size), None, "PyTorch"
+        self.net = copy.deepcopy(unet).cpu().eval()
+        with torch.no_grad():
+            models.fold_batchnorm(self.net)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="tbkd-screen-"))
+        try:
+            example = torch.rand(2, 1, self.size, self.size, generator=torch.Generator().manual_seed(0))
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
+                torch.onnx.export(_Sigmoid(self.net), (example,), str(tmp / "unet.onnx"), input_names=["image"],
+                                  output_names=["lungs"], opset_version=17, dynamo=False,
+                                  dynamic_axes={"image": {0: "batch"}, "lungs": {0: "batch"}})
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
+            self.session = ort.InferenceSession(str(tmp / "unet.onnx"), opts, providers=["CPUExecutionProvider"])
+            self.runtime = "ONNX Runtime"
+        except Exception:  # noqa: BLE001 - an export the runtime cannot take: PyTorch does the job
+            self.session = None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def __call__(self, images) -> np.ndarray:
+        from .data import resize
+
+        x = np.ascontiguousarray(np.stack([resize(np.asarray(im, np.float32), self.size) for im in images])[:, None])
+        if self.session is not None:
+            return self.session.run(["lungs"], {"image": x})[0][:, 0]
+        with torch.inference_mode():
+            return torch.sigmoid(self.net(torch.from_numpy(x)))[:, 0].numpy()
+
+
+class _Sigmoid(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return torch.sigmoid(self.net(x))
 
 
 def screen(folder, out, profile, checkpoint=None, unet=None, threshold: float | None = None,
-           batch_size: int = 16, progress: bool = True, limit: int | None = None) -> dict:
+           batch_size: int = 32, progress: bool = True, limit: int | None = None) -> dict:
     """Screen every image below ``folder`` into the report folder ``out`` (see the module
     doc). Returns ``{"screened", "new", "refused", "seconds", "images_per_s"}``: ``new``
     counts the images done by this call, and the rate is theirs (U-Net, student and
@@ -210,6 +287,7 @@ def screen(folder, out, profile, checkpoint=None, unet=None, threshold: float | 
     pred = Predictor(profile, checkpoint, unet, threshold)
     fast = models.for_inference(pred.model)
     layer = models.target_layer(fast, pred.arch, stride=pred.layer_stride)
+    lungs = LungRunner(pred.unet, pred.seg_size)
     t0, new, refused = time.perf_counter(), 0, 0
     bar = tqdm(total=len(files), initial=len(files) - len(todo), desc="screening", unit="img",
                disable=not progress)
@@ -226,15 +304,15 @@ def screen(folder, out, profile, checkpoint=None, unet=None, threshold: float | 
                 bad.append({"file": str(p), "error": msg})
         rows = []
         if imgs:
-            probs_lung = seg.predict_probs(pred.unet, [im for _, im in imgs], pred.seg_size, batch_size=batch_size)
-            prepared = [pred.prepare(im, lp) for (_, im), lp in zip(imgs, probs_lung)]
-            x = torch.from_numpy(np.stack([xx for xx, _ in prepared]))[:, None]
+            probs_lung = lungs([im for _, im in imgs])
+            prepared = [pred.extract(im, lp) for (_, im), lp in zip(imgs, probs_lung)]
+            x = torch.from_numpy(np.stack([xx for xx, _, _ in prepared]))[:, None]
             maps, logits = _cam.compute_cams_and_logits(fast, layer, x, target_class=1, method="gradcam",
                                                         batch_size=batch_size)
             probs = torch.softmax(torch.from_numpy(logits).double(), 1)[:, 1].numpy()
-            for (p, im), lp, (_, info), m, pr in zip(imgs, probs_lung, prepared, maps, probs):
+            for (p, im), lp, (_, info, mask), m, pr in zip(imgs, probs_lung, prepared, maps, probs):
                 name = _overlay_name(Path(p), folder)
-                write_overlay(pred.shown(im, lp, info), m, out / "overlays" / name)
+                write_overlay(pred.shown(im, lp, info, mask), m, out / "overlays" / name)
                 r = pred.row(p, float(pr), info)
                 rows.append({k: r.get(k) for k in SCREEN_FIELDS[:-1]} | {"overlay": f"overlays/{name}"})
         if rows:

@@ -329,3 +329,32 @@ def test_screen_resumes_where_it_stopped(kit, tmp_path, monkeypatch):
     assert sorted(r["file"] for r in rows) == sorted(str(p) for p in folder.rglob("*.png")
                                                     if p.name not in ("corrupt.png", "empty.png"))
     assert scr.screen(folder, out, prof, ckpt, progress=False)["new"] == 0  # nothing left to do
+
+
+def test_lung_runner_gives_the_unets_probabilities_in_either_runtime(monkeypatch):
+    """The screening path's U-Net (BatchNorm folded; ONNX Runtime, or PyTorch without it)
+    computes what segmentation.predict_probs computes, up to float rounding."""
+    import builtins
+
+    import numpy as np
+
+    from tbkd_helpers import screen as scr
+    from tbkd_helpers import segmentation as seg
+
+    unet = seg.build_unet("resnet18", False, (32, 16, 16, 8, 8)).eval()
+    imgs = [np.random.default_rng(i).random((90 + 7 * i, 80)).astype(np.float32) for i in range(3)]
+    want = seg.predict_probs(unet, imgs, 64)
+    fast = scr.LungRunner(unet, 64)
+    assert fast.runtime == "ONNX Runtime"
+    np.testing.assert_allclose(fast(imgs), want, atol=1e-4)
+    real_import = builtins.__import__
+
+    def no_ort(name, *a, **kw):
+        if name == "onnxruntime":
+            raise ImportError("no onnxruntime here")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_ort)
+    plain = scr.LungRunner(unet, 64)
+    assert plain.runtime == "PyTorch"
+    np.testing.assert_allclose(plain(imgs), want, atol=1e-4)
