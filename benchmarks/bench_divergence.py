@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tbkd_helpers import cam, config, distill, models  # noqa: E402
+from tbkd_helpers import config, distill, models  # noqa: E402
 
 
 def batch(size: int, n: int, seed: int = 0):
@@ -59,6 +59,7 @@ def run(kind, base, arch, stride, data, threads, mkldnn, steps, settings):
     torch.set_num_threads(threads)
     torch.backends.mkldnn.enabled = mkldnn
     model = copy.deepcopy(base).train()
+    torch.manual_seed(0)  # the same dropout masks in every run: only the kernels differ
     layer = models.target_layer(model, arch, stride=stride)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     grad = None

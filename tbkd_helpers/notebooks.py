@@ -36,6 +36,20 @@ class NotebookFailure(Exception):
         return f"{self.notebook}: failed in {where}: {self.error}"
 
 
+def _ipc_kernel_manager():
+    """A kernel manager that talks to the kernel over local IPC sockets (files in Jupyter's
+    runtime folder) instead of TCP on localhost: nothing listens on a port, and ipykernel
+    has nothing to warn about ("Kernel is running over TCP without encryption")."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            kw.setdefault("transport", "ipc")
+            super().__init__(**kw)
+
+    return IPCKernelManager
+
+
 def run_notebook(src: Path, dst: Path, parameters: dict, log_output: bool = True,
                  cwd: Path | None = None) -> float:
     """Execute one notebook with papermill; return its wall time in seconds."""
@@ -47,7 +61,7 @@ def run_notebook(src: Path, dst: Path, parameters: dict, log_output: bool = True
     try:
         pm.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name="python3",
                             log_output=log_output, progress_bar=True,
-                            cwd=str(cwd or src.parent))
+                            cwd=str(cwd or src.parent), kernel_manager_class=_ipc_kernel_manager())
     except PapermillExecutionError as err:
         cell = _failed_cell(dst)
         raise NotebookFailure(src, cell, f"{err.ename}: {err.evalue}".splitlines()[0]) from None
