@@ -20,6 +20,28 @@ plt.rcParams.update({"figure.dpi": 90, "savefig.dpi": 110, "font.size": 9,
                      "axes.titlesize": 9, "image.cmap": "gray"})
 
 
+def _inline_format_from_env() -> None:
+    """``TBKD_FIGURE_FORMAT=jpeg`` (set when the committed chapters are executed,
+    ``tools/execute_notebook.py``): a notebook's inline figures as JPEG, a fraction of the
+    size of PNG for galleries of X-rays, so the committed files stay small. A reader's own
+    run keeps PNG; the figure files in ``results/`` are always PNG."""
+    import os
+
+    fmt = os.environ.get("TBKD_FIGURE_FORMAT", "").lower()
+    if fmt not in ("jpeg", "png"):
+        return
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        set_matplotlib_formats(fmt, **({"pil_kwargs": {"quality": 80}} if fmt == "jpeg" else {}))
+
+
+_inline_format_from_env()
+
+
 def save_figure(fig, profile, name: str) -> Path:
     """Write ``fig`` as ``results/<profile>/figures/<name>.png`` (atomically) and return the path."""
     path = Path(profile.results) / "figures" / f"{name}.png"

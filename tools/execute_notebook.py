@@ -22,6 +22,8 @@ def main(paths):
     # committed copies carry no progress bars (a frozen bar teaches nothing); a reader who
     # runs a chapter in JupyterLab, and `make reproduce`, still see them
     os.environ.setdefault("TBKD_PROGRESS", "off")
+    # and their figures inline as JPEG (a fraction of PNG's size for galleries of X-rays)
+    os.environ.setdefault("TBKD_FIGURE_FORMAT", "jpeg")
     for p in sorted(map(Path, paths)):
         try:
             sec = run_notebook(p, p, parameters={}, log_output=False)
