@@ -668,7 +668,8 @@ def readme_table(results: dict, written: str | None = None) -> str:
         if sp.get("mean") is not None:
             gap = 100 * (sv["teacher_accuracy"] - sp["mean"])
             notes.append(f"Over {len(seeds['seeds'])} seeds the student's mean is {_pct(sp['mean'])} "
-                         f"(SD {100 * (sp['sd'] or 0):.1f} points): {gap:+.1f} points from that teacher's one run.")
+                         f"(SD {100 * (sp['sd'] or 0):.1f} points): {abs(gap):.1f} points "
+                         f"{'below' if gap > 0 else 'above'} that teacher's one run.")
     for extra in (teachers_line(results), readme_seeds_table(results)):
         if extra:
             notes.append(extra)
@@ -678,7 +679,8 @@ def readme_table(results: dict, written: str | None = None) -> str:
         s, d = cost[s_name], cost["densenet121"]
         notes.append(f"Cost at {s['size']} px: the student has {s['params'] / 1e6:.2f} M parameters "
                      f"({d['params'] / s['params']:.0f}× fewer than DenseNet121) and runs "
-                     f"{d['latency_ms_b1'] / s['latency_ms_b1']:.0f}× faster on one CPU image.")
+                     f"{d['latency_ms_b1'] / s['latency_ms_b1']:.0f}× faster on one CPU image, as chapter 05 "
+                     "times the models it trained (benchmarks/bench_latency.py measures the inference path).")
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
 
