@@ -348,7 +348,8 @@ def write_report(rows: list[dict], refused: list[dict], path: Path, pred: Predic
         cards.append(f'<figure class="{cls}"><img src="{html.escape(r["overlay"])}" alt="Grad-CAM overlay" loading="lazy">'
                      f"<figcaption><b>{float(r['prob_tb']):.2f}</b> {r['decision']}<br>"
                      f"{html.escape(Path(r['file']).name)}{note}</figcaption></figure>")
-    bad = "".join(f"<li>{html.escape(r['file'])}: {html.escape(r['error'])}</li>" for r in refused)
+    bad = "".join(f"<li>{html.escape(r['error'] if r['error'].startswith(r['file']) else r['file'] + ': ' + r['error'])}"
+                  "</li>" for r in refused)  # the reasons usually name the file already
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tbkd screening report</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}figure{{display:inline-block;margin:.4em;width:180px;
 vertical-align:top}}img{{width:180px;height:180px;object-fit:contain;background:#000}}
