@@ -136,7 +136,7 @@ cells = [
 
     The paper gives none of these numbers. The kit chooses them **on the validation split only**:
     `scripts/tune_student.py` trains the kd+cam student once per setting — the profile's own, then
-    one change at a time (a temperature of 1, a stronger map term, attention transfer as the map
+    one change at a time (the other temperature, 1 or 4; a stronger map term; attention transfer as the map
     loss) — and keeps each one's validation AUC; the
     test split is not read. One seed per setting and a small validation split: differences of a few
     hundredths are within the noise, so the profile moves away from its defaults only for a clear gain
