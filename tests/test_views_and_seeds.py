@@ -155,3 +155,24 @@ def test_an_edit_of_the_loss_changes_the_students_fingerprint(monkeypatch):
     with pytest.raises(_Captured):
         pipeline.train_student(prof, "ce", prep=object(), progress=False)
     assert seen[0] != seen[1]
+
+
+def test_tuning_trains_each_setting_once_and_reads_only_validation(monkeypatch):
+    """The grid starts with the profile's own settings; a change that is the profile's own
+    setting (T = 4 on quick) is not trained twice; each row carries validation figures."""
+    calls = []
+
+    class Hist:
+        best_epoch, seconds, final = 3, [1.0, 2.0], {"val_auc": 0.75, "val_loss": 0.5}
+
+    def fake_train_student(p, variant, prep, guide="best", cam_loss="mse", progress=False, ckpt_dir=None):
+        calls.append((p.kd_temperature, p.cam_beta, cam_loss, guide))
+        return None, Hist(), None
+
+    monkeypatch.setattr(pipeline, "train_student", fake_train_student)
+    prof = get_profile("quick")
+    rows = pipeline.tune_student(prof, prep=object())
+    assert prof.kd_temperature == 4.0
+    assert calls == [(4.0, 1.0, "mse", "best"), (1.0, 1.0, "mse", "best"), (4.0, 3.0, "mse", "best"),
+                     (4.0, 1.0, "at", "best")]
+    assert [r["val_auc"] for r in rows] == [0.75] * 4 and all("test" not in k for r in rows for k in r)
