@@ -112,6 +112,16 @@ class Guide:
         return len(self.ids)
 
 
+def best_teacher(val_auc: Mapping[str, float]) -> str:
+    """The teacher with the highest validation AUC (ties: the first in sorted order; an
+    undefined AUC counts as the lowest): the guide ``"best"`` and the teacher chapter 03
+    draws."""
+    names = sorted(val_auc)
+    if not names:
+        raise ValueError("no teachers to guide the student")
+    return max(names, key=lambda n: (np.nan_to_num(val_auc[n], nan=-1.0), -names.index(n)))
+
+
 def teacher_weights(val_auc: Mapping[str, float], mode: str = "best") -> dict[str, float]:
     """Weights of the teachers in the guide, from their validation AUCs.
 
@@ -125,7 +135,7 @@ def teacher_weights(val_auc: Mapping[str, float], mode: str = "best") -> dict[st
     if mode in val_auc:
         return {n: float(n == mode) for n in names}
     if mode == "best":
-        best = max(names, key=lambda n: (np.nan_to_num(val_auc[n], nan=-1.0), -names.index(n)))
+        best = best_teacher(val_auc)
         return {n: float(n == best) for n in names}
     if mode == "fusion":
         raw = np.array([max(np.nan_to_num(val_auc[n], nan=0.5) - 0.5, 0.0) for n in names])

@@ -67,6 +67,14 @@ def test_teacher_weights_rules():
         distill.teacher_weights(aucs, "worst")
 
 
+def test_best_teacher_breaks_ties_alphabetically_whatever_the_order():
+    """Chapter 03 draws, and the "best" guide of chapter 04 uses, the same teacher."""
+    aucs = {"resnet18": 1.0, "mobilenet_v3_large": 1.0, "densenet121": float("nan")}
+    assert distill.best_teacher(aucs) == "mobilenet_v3_large"
+    assert distill.best_teacher(dict(reversed(list(aucs.items())))) == "mobilenet_v3_large"
+    assert distill.teacher_weights(aucs, "best")["mobilenet_v3_large"] == 1.0
+
+
 def _cache(maps, logits, ids):
     return cam.CamCache(cams=maps.astype(np.float16), logits=logits.astype(np.float32),
                         labels=np.zeros(len(maps), np.int64), key={}, ids=np.array(ids))

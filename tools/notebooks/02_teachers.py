@@ -3,7 +3,7 @@ from nbbuild import build, code, md, parameters
 
 cells = [
     md("""
-    # 02 · The teachers: five CNNs learn to detect tuberculosis
+    # 02 · The teachers: five CNNs trained to detect tuberculosis
 
     The paper trains five well-known convolutional networks (CNNs) on the lung-extracted X-rays of
     chapter 01 — **DenseNet121, Inception V3, ResNet18, MobileNet V3 and VGG16** — and later uses
@@ -176,7 +176,8 @@ cells = [
       (accuracy 0.455) while its AUC was 0.80–0.85. So before every validation the running
       statistics are **recomputed** from the training images (a pass without gradients; the weights
       do not change), and the kit trains MobileNets from scratch with PyTorch's usual momentum (`0.1`).
-      VGG16 has no batch normalisation and nothing to recalibrate.
+      VGG16 has no batch normalisation: the recipe cards below list the recalibration for every
+      teacher, and for VGG16 it does nothing.
 
     Each teacher's checkpoints go to `artifacts/<profile>/teachers/<arch>/`: `last.pt` after every
     epoch (a stopped run resumes from it and ends with exactly the same weights), `best.pt` for the
@@ -392,8 +393,9 @@ cells = [
     the size on disk (4 bytes each in float32); FLOPs and the network's shape decide the time. The
     latency is the median wall-clock time of one image (batch 1) on this machine's CPU, at the
     profile's input size — it changes from machine to machine and run to run, so read the ratios,
-    not the milliseconds. At the paper's 224 pixels every FLOP count is about (224 / 64)² ≈ 12 times
-    larger; the parameters stay the same.
+    not the milliseconds. FLOPs grow with the image's area: at the paper's sizes (224 px, 299 px for
+    Inception V3) each count is the square of the size ratio larger. The parameters stay the same,
+    except VGG16's, whose head per profile is different (the first table of this chapter).
     """),
     code("""
     costs = {arch: {"size": profile.size_for(arch), **tk.pipeline.cost(models[arch], profile.size_for(arch))}

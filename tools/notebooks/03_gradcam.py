@@ -190,13 +190,13 @@ cells = [
     ### One X-ray, several methods
 
     The same X-ray (the first true positive above, or the first TB test image) under the methods
-    of pytorch-grad-cam, for the teacher with the best validation AUC (a tie goes to the first in
-    the profile's order; chapter 02 prints the AUCs). Where the methods agree, the
+    of pytorch-grad-cam, for the teacher with the best validation AUC (chapter 02 prints the AUCs;
+    a tie goes to the first in alphabetical order, as in chapter 04). Where the methods agree, the
     picture is robust; where they differ, remember that each answers a slightly different question.
     """),
     code("""
     aucs = tk.pipeline.teacher_val_auc(profile, prep)
-    best = max(aucs, key=aucs.get)
+    best = tk.distill.best_teacher(aucs)
     shown = (picks["TP"] or np.flatnonzero(att.labels == 1).tolist())[0]
     methods = [m for m in tk.cam.CAM_METHODS if m != "scorecam"]
     s = att.sizes[best]
@@ -263,7 +263,7 @@ cells = [
     validation), with its 95 % interval over the test images, against the chance row:
     """),
     code("""
-    best = max(aucs, key=aucs.get)
+    best = tk.distill.best_teacher(aucs)
     hits = tk.cam.pointing_game(att.maps[best], att.lesions[att.sizes[best]])
     chance = next(r for r in rows if r["teacher"] == "chance")["pointing"]
     if np.isfinite(hits).any():
@@ -278,8 +278,9 @@ cells = [
     **Reading the table on the `quick` profile.** Compare every row with the chance row first. On
     the phantoms the lesions are the only difference between the classes, so a teacher that learned
     the task *should* look at them: the line above says whether the guide's map peaks on a lesion
-    more often than a random pixel would. The other teachers differ — chapter 02 showed how far
-    above chance each one's AUC is, and a teacher can rank the images well from evidence spread over
+    more often than a random pixel would. The other teachers differ — chapter 02 showed whether each
+    one's AUC interval clears chance, and the summary lines above say which teachers' maps beat
+    chance in this run; a teacher can rank the images well from evidence spread over
     the lungs that no single peak captures. A teacher whose in-lung share and pointing game sit at
     chance, with a ROAD score near zero, is not looking at anything in particular — and its maps
     would teach a student nothing. Read the guide's ROAD too: a pointing game above chance with a

@@ -429,7 +429,8 @@ cells = [
     Read the intervals before the values, and the verdict lines above before any story.
 
     - **Accuracy and AUC.** Where the students' intervals overlap, the test split cannot tell them
-      apart, and the order of their values is noise: another seed would shuffle it. Compare them
+      apart on this one run, and the order of their values may be noise: the paired verdicts over
+      seeds below say whether it survives other seeds. Compare them
       with the guide's row too: a student far below its guide has not absorbed what the guide
       knows, whatever its loss.
     - **Sensitivity, specificity and F1** swing more than AUC: they depend on a threshold chosen on
@@ -437,9 +438,10 @@ cells = [
       side or the other of it. The validation AUCs printed earlier can flatter a student for a
       related reason: the kept epoch was chosen on those images. Compare them with the test column.
     - **Agreement with the guide is where the map term should show.** `ce` and `kd` never saw a map,
-      so their agreement is the baseline. If the `cam` students' intervals lie above it, the map term
-      taught them to look where the teacher looks, on test images they never saw; if not, it did
-      not, in this run.
+      so their agreement is the baseline. Compare each map-trained student's interval (`cam`,
+      `kd+cam`) with theirs: where it lies above, the map term taught that student to look where the
+      teacher looks, on test images it never saw; the verdict line says which, and in a given run the
+      term may lift one of them and not the other.
     - **In-lung share** against the chance level printed above (a map spread evenly): a student
       above it looks at the lungs more than a blind map would.
     - The bootstrap intervals only cover *which test images* happened to be drawn. Training the same
@@ -474,7 +476,8 @@ cells = [
     """),
     md("""
     These verdict lines are the chapter's conclusion about the students: they are read from the
-    paired intervals of this run, not written beforehand. The same figures per data set are in
+    paired intervals of this run, not written beforehand. An interval of zero width (the same
+    difference in every seed, often a single image) is not a finding: read it as "not enough seeds". The same figures per data set are in
     `results/<profile>/ablation.json` (`seeds`), and chapter 05 carries them into the results table.
 
     ### Other map losses, and the fused guide

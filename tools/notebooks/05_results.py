@@ -174,7 +174,8 @@ cells = [
     sensitivity and specificity at that threshold, with their intervals. A sensitivity fixed at 90 % on
     validation can land below 90 % on test: that is what a new population does to a threshold.
     "meets WHO" uses the point values; "CI above targets" asks that both lower bounds clear the targets,
-    which small test sets rarely allow.
+    which small test sets rarely allow. A "yes" that rests on intervals of zero width (a perfect
+    score on a handful of images) is not certainty either (chapter 02).
     """),
     code("""
     who = tk.results.who_operating_point(preds, n_boot=N_BOOT, seed=profile.seed)
@@ -206,8 +207,9 @@ cells = [
     The point of distillation: a student small and fast enough for a clinic's ordinary computer. For each
     model at its input size: parameters, FLOPs of one forward pass (a multiply-add counted as two), the
     weights in float32 and the checkpoint file on disk, and the median CPU latency for one image and for
-    a batch of 32 (`LATENCY_REPEATS` passes). Latencies depend on the machine and on what else runs on it:
-    read the ratios between models, not the milliseconds. `benchmarks/bench_student.py` measures the
+    a batch of 32 (`LATENCY_REPEATS` passes). Latencies depend on the machine and on what else runs on it,
+    and a busy machine distorts even the ratios: the two students share one architecture, so the gap
+    between their rows shows how noisy this run's timings are. `benchmarks/bench_student.py` measures the
     student against DenseNet121 side by side at the paper's 224 px.
     """),
     code("""
@@ -374,7 +376,8 @@ cells = [
     - the kit's numbers beside the paper's, with the uncertainty that makes the comparison honest;
     - the WHO triage target, checked at a threshold fixed before looking at the test split;
     - what the student saves against its teachers, and how much accuracy that costs;
-    - how much the figures move with the split (k-fold) and with the hospital (cross-data-set).
+    - how much the figures move with the split (k-fold) and with the hospital (cross-data-set) — the
+      second only where a model beats chance on its own data set.
 
     *Things to try:* run the whole kit with `PROFILE = "real"` on the NLM data and update the README
     with `scripts/results_table.py --update-readme`; set `N_BOOT = 200` and watch the interval ends
