@@ -228,7 +228,7 @@ def export_model(model, size: int, path, fmt: str) -> Path:
 
     from . import store
 
-    from .models import for_inference
+    from .models import export_onnx, for_inference
 
     wrapped = probabilities_module(for_inference(model.cpu()))  # fused activations, BatchNorm folded
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
@@ -240,9 +240,7 @@ def export_model(model, size: int, path, fmt: str) -> Path:
                 traced = torch.jit.trace(wrapped, example)
                 traced.save(str(tmp))
             elif fmt == "onnx":
-                torch.onnx.export(wrapped, (example,), str(tmp), input_names=["image"],
-                                  output_names=["probabilities"], opset_version=17, dynamo=False,
-                                  dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
+                export_onnx(wrapped, example, tmp, "image", "probabilities")
             else:
                 raise ValueError(f"unknown export format {fmt!r}: torchscript or onnx")
     return path

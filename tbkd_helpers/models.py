@@ -408,6 +408,20 @@ def for_inference(model: nn.Module) -> nn.Module:
     return out
 
 
+def export_onnx(module: nn.Module, example: torch.Tensor, path, input_name: str, output_name: str) -> Path:
+    """``module`` as an ONNX file at ``path`` (the TorchScript-based ``torch.onnx.export``,
+    opset 17), with a dynamic batch axis on its one input and one output; the exporter's
+    deprecation and tracer notes are silenced."""
+    import warnings
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[output_name],
+                          opset_version=17, dynamo=False,
+                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+    return Path(path)
+
+
 def target_layer(model: nn.Module, arch: str | None = None, stride: int = 32) -> nn.Module:
     """The Grad-CAM target layer of a :func:`build_model` model.
 

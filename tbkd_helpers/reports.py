@@ -273,7 +273,8 @@ def distill_gallery_rows(records: Sequence, images, columns: dict, picks: dict[s
     return rows
 
 
-def _spread(s: dict, pct: bool, digits: int = 1) -> str:
+def format_spread(s: dict, pct: bool, digits: int = 1) -> str:
+    """``"80.8 ± 2.4 %"`` (``pct``) or ``"0.90 ± 0.03"``: a mean ± SD over runs; ``"n/a"`` without one."""
     if s.get("mean") is None:
         return "n/a"
     f = 100.0 if pct else 1.0
@@ -281,7 +282,9 @@ def _spread(s: dict, pct: bool, digits: int = 1) -> str:
     return f"{f * s['mean']:.{d}f} ± {f * (s['sd'] or 0):.{d}f}" + (" %" if pct else "")
 
 
-def _diff(d: dict, pct: bool) -> str:
+def format_diff(d: dict, pct: bool) -> str:
+    """``"+0.5 pt [-4.9, +5.9]"`` (``pct``) or ``"+0.13 [+0.07, +0.20]"``: a paired difference with
+    its interval (``metrics.paired_difference``); ``"n/a"`` without one."""
     if d.get("mean") is None:
         return "n/a"
     f, unit, dg = (100.0, " pt", 1) if pct else (1.0, "", 2)
@@ -299,17 +302,17 @@ def seeds_table(seeds: dict, dataset: str = "all"):
     rows = []
     for v in seeds["variants"]:
         s, a = seeds["summary"][v][dataset], seeds["attention"][v]
-        row = {"student": v, "accuracy": _spread(s["accuracy"], True), "AUC": _spread(s["auc"], False),
-               "in-lung share": _spread(a["in_lung"], False)}
+        row = {"student": v, "accuracy": format_spread(s["accuracy"], True), "AUC": format_spread(s["auc"], False),
+               "in-lung share": format_spread(a["in_lung"], False)}
         if a["lesion_share"]["mean"] is not None:
-            row["lesion share"] = _spread(a["lesion_share"], False)
+            row["lesion share"] = format_spread(a["lesion_share"], False)
         p = seeds["paired"].get(v)
         ref = seeds["reference"]
-        row[f"accuracy − {ref}"] = _diff(p["test"][dataset]["accuracy"], True) if p else "—"
-        row[f"AUC − {ref}"] = _diff(p["test"][dataset]["auc"], False) if p else "—"
-        row[f"in-lung − {ref}"] = _diff(p["attention"]["in_lung"], False) if p else "—"
+        row[f"accuracy − {ref}"] = format_diff(p["test"][dataset]["accuracy"], True) if p else "—"
+        row[f"AUC − {ref}"] = format_diff(p["test"][dataset]["auc"], False) if p else "—"
+        row[f"in-lung − {ref}"] = format_diff(p["attention"]["in_lung"], False) if p else "—"
         if a["lesion_share"]["mean"] is not None:
-            row[f"lesion share − {ref}"] = _diff(p["attention"]["lesion_share"], False) if p else "—"
+            row[f"lesion share − {ref}"] = format_diff(p["attention"]["lesion_share"], False) if p else "—"
         rows.append(row)
     return pd.DataFrame(rows).set_index("student")
 
@@ -333,7 +336,7 @@ def seeds_verdicts(seeds: dict, dataset: str = "all") -> list[str]:
                 word = f"lower than {ref}'s"
             else:
                 word = f"not told apart from {ref}'s (the interval contains 0)"
-            out.append(f"{v}: {label} ({dataset}) {word}: {_diff(d, pct)} over {n} paired seeds")
+            out.append(f"{v}: {label} ({dataset}) {word}: {format_diff(d, pct)} over {n} paired seeds")
     return out
 
 

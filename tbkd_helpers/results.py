@@ -580,19 +580,6 @@ def readme_seeds_table(results: dict) -> str | None:
     n, ref = len(seeds["seeds"]), seeds["reference"]
     sets = [ds for ds in PAPER if any(ds in seeds["summary"].get(v, {}) for v in seeds["variants"])]
 
-    def ms(d, scale=1.0, unit=""):
-        if not d or d.get("mean") is None:
-            return "n/a"
-        digits = 1 if scale == 100 else 2
-        return f"{scale * d['mean']:.{digits}f} ± {scale * (d['sd'] or 0):.{digits}f}{unit}"
-
-    def diff(d, scale=1.0, unit=""):
-        if not d or d.get("mean") is None:
-            return "—"
-        digits = 1 if scale == 100 else 2
-        ci = "" if d.get("lo") is None else f" [{scale * d['lo']:+.{digits}f}, {scale * d['hi']:+.{digits}f}]"
-        return f"{scale * d['mean']:+.{digits}f}{unit}{ci}"
-
     head = ["student"] + [f"{ds.capitalize()} {m}" for ds in sets for m in ("accuracy", "AUC")] + [
         "in-lung share", f"accuracy − {ref} ({sets[0].capitalize()})", f"in-lung − {ref}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -600,10 +587,12 @@ def readme_seeds_table(results: dict) -> str | None:
         summ, pair = seeds["summary"].get(v, {}), seeds["paired"].get(v, {})
         cells = [v]
         for ds in sets:
-            cells += [ms(summ.get(ds, {}).get("accuracy"), 100, " %"), ms(summ.get(ds, {}).get("auc"))]
-        cells.append(ms(seeds["attention"].get(v, {}).get("in_lung")))
-        cells.append(diff(pair.get("test", {}).get(sets[0], {}).get("accuracy"), 100, " pt") if v != ref else "—")
-        cells.append(diff(pair.get("attention", {}).get("in_lung")) if v != ref else "—")
+            cells += [_reports.format_spread(summ.get(ds, {}).get("accuracy") or {}, True),
+                      _reports.format_spread(summ.get(ds, {}).get("auc") or {}, False)]
+        cells.append(_reports.format_spread(seeds["attention"].get(v, {}).get("in_lung") or {}, False))
+        cells.append(_reports.format_diff(pair.get("test", {}).get(sets[0], {}).get("accuracy") or {}, True)
+                     if v != ref else "—")
+        cells.append(_reports.format_diff(pair.get("attention", {}).get("in_lung") or {}, False) if v != ref else "—")
         lines.append("| " + " | ".join(cells) + " |")
     chance = (results.get("attention") or {}).get("chance", {}).get("in_lung")
     note = (f"Students over {n} seeds {seeds['seeds']} (mean ± SD; same split, teachers and guide "

@@ -95,14 +95,11 @@ class Predictor:
         """The extracted lungs at a size fit for looking at (up to 512 px); ``mask``: the
         lung mask :meth:`extract` returned, which spares post-processing it again."""
         from . import segmentation as seg
-        from .data import resize
 
         side = int(min(512, max(seg.extract_size(self.profile), info["box"][2])))
         if mask is None:
             return seg.process_image(img, lung_prob, self.profile.replace(seg_extract_size=side))[1]
-        if info["fallback"]:
-            return resize(img, side)
-        return seg.extract_lungs(img, mask, side, self.profile.seg_margin)
+        return seg.cut_out(img, mask, not info["fallback"], side, self.profile.seg_margin)[0]
 
     def row(self, path, prob: float, info: dict) -> dict:
         return {"file": str(path), "prob_tb": round(prob, 6), "decision": "TB" if prob >= self.threshold else "normal",
@@ -212,7 +209,6 @@ class LungRunner:
     def __init__(self, unet, size: int):
         import shutil
         import tempfile
-        import warnings
 
         from . import models
 
@@ -227,11 +223,7 @@ class LungRunner:
         tmp = Path(tempfile.mkdtemp(prefix="tbkd-screen-"))
         try:
             example = torch.rand(2, 1, self.size, self.size, generator=torch.Generator().manual_seed(0))
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
-                torch.onnx.export(_Sigmoid(self.net), (example,), str(tmp / "unet.onnx"), input_names=["image"],
-                                  output_names=["lungs"], opset_version=17, dynamo=False,
-                                  dynamic_axes={"image": {0: "batch"}, "lungs": {0: "batch"}})
+            models.export_onnx(_Sigmoid(self.net), example, tmp / "unet.onnx", "image", "lungs")
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
             self.session = ort.InferenceSession(str(tmp / "unet.onnx"), opts, providers=["CPUExecutionProvider"])
@@ -300,8 +292,9 @@ def screen(folder, out, profile, checkpoint=None, unet=None, threshold: float | 
                 imgs.append((p, img))
             except (DataError, OSError, ValueError) as err:
                 msg = " ".join(str(err).split()) or type(err).__name__
-                print(f"tbkd screen: {msg if str(p) in msg else f'{p}: {msg}'}", file=sys.stderr)
-                bad.append({"file": str(p), "error": msg})
+                reason = msg.removeprefix(f"{p}: ")  # the readers' messages start with the file
+                print(f"tbkd screen: {p}: {reason}", file=sys.stderr)
+                bad.append({"file": str(p), "error": reason})
         rows = []
         if imgs:
             probs_lung = lungs([im for _, im in imgs])
@@ -348,8 +341,7 @@ def write_report(rows: list[dict], refused: list[dict], path: Path, pred: Predic
         cards.append(f'<figure class="{cls}"><img src="{html.escape(r["overlay"])}" alt="Grad-CAM overlay" loading="lazy">'
                      f"<figcaption><b>{float(r['prob_tb']):.2f}</b> {r['decision']}<br>"
                      f"{html.escape(Path(r['file']).name)}{note}</figcaption></figure>")
-    bad = "".join(f"<li>{html.escape(r['error'] if r['error'].startswith(r['file']) else r['file'] + ': ' + r['error'])}"
-                  "</li>" for r in refused)  # the reasons usually name the file already
+    bad = "".join(f"<li>{html.escape(r['file'])}: {html.escape(r['error'])}</li>" for r in refused)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tbkd screening report</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}figure{{display:inline-block;margin:.4em;width:180px;
 vertical-align:top}}img{{width:180px;height:180px;object-fit:contain;background:#000}}

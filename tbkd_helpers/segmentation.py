@@ -728,15 +728,20 @@ def _to_u8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
+def cut_out(image: np.ndarray, mask: np.ndarray, plausible: bool, size: int,
+            margin: float) -> tuple[np.ndarray, tuple]:
+    """``(size² image, crop box)``: the lungs cut out along ``mask``, or the whole image
+    when the mask failed the lung check (never a crop from a mask we do not believe)."""
+    if plausible:
+        return extract_lungs(image, mask, size, margin, return_box=True)
+    return resize(image, size), (0, 0, image.shape[0], image.shape[1])
+
+
 def process_image(image: np.ndarray, prob: np.ndarray, profile) -> tuple[np.ndarray, np.ndarray, dict]:
     """Mask, extracted image and verdict of one image from its U-Net probability map."""
     mask = postprocess(resize(prob, mask_shape(image.shape, profile.seg_mask_max_side)), profile.seg_threshold)
     ok, why = _plaus(mask, profile)
-    size = extract_size(profile)
-    if ok:
-        out, box = extract_lungs(image, mask, size, profile.seg_margin, return_box=True)
-    else:  # the whole image, never a crop from a mask we do not believe
-        out, box = resize(image, size), (0, 0, image.shape[0], image.shape[1])
+    out, box = cut_out(image, mask, ok, extract_size(profile), profile.seg_margin)
     info = {"fallback": not ok, "reason": why, "area": round(float(mask.mean()), 4),
             "box": list(box), "shape": list(image.shape)}
     return mask, out, info
