@@ -38,7 +38,6 @@ largest input any classifier takes); the classifiers' datasets resize on load.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
@@ -407,9 +406,9 @@ def train_unet(profile, prep: Prepared | None = None, progress: bool = True, for
     retrains); a stopped one resumes from its last saved state (``unet_resume.pt``).
     """
     import torch
-    from tqdm.auto import tqdm
 
     from . import data as _data
+    from .train import EpochLoop
 
     prep = prep or _data.prepare(profile, progress=progress)
     settings = train_settings(profile, prep)
@@ -434,55 +433,52 @@ def train_unet(profile, prep: Prepared | None = None, progress: bool = True, for
     bs = profile.seg_batch_size
     steps_per_epoch = max(1, len(train) // bs + (len(train) % bs >= 2))
     total = steps_per_epoch * profile.seg_epochs
+    best_path = out / "unet_best.pt"
+    # the classifiers' epoch loop (train.EpochLoop): progress, resumable state, best weights
+    loop = EpochLoop("U-Net", model, opt, None, profile.seg_epochs, digest=store.settings_digest(settings),
+                     resume_path=resume_path, best_path=best_path, settings=settings, progress=progress,
+                     save_every_s=RESUME_EVERY_S)
     history: list[dict] = []
-    best, best_state, start = -1.0, None, 0
-    digest = store.settings_digest(settings)
-    if not force and resume_path.is_file():
-        try:
-            st = torch.load(resume_path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a damaged resume file is simply not used
-            st = None
-        if st and st.get("settings_digest") == digest:
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            torch.set_rng_state(st["rng"])
-            history, best, best_state, start = st["history"], st["best"], st["best_state"], st["epoch"]
-    last_save = time.perf_counter()
-    bar = tqdm(range(start, profile.seg_epochs), desc="training U-Net", disable=not progress,
-               initial=start, total=profile.seg_epochs)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(len(train))
-        losses = []
-        for b in range(steps_per_epoch):
-            idx = perm[b * bs:(b + 1) * bs]
-            pairs = [augment_pair(x_tr[i], y_tr[i]) for i in idx.tolist()]
-            x = torch.stack([p[0] for p in pairs]).to(device)
-            y = torch.stack([p[1] for p in pairs]).float().to(device)
-            lr = _lr_at(epoch * steps_per_epoch + b, total, UNET.lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        val_loss, val_dice = _validate(model, x_va, y_va, loss_fn, device, bs)
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-               "val_dice": val_dice, "lr": lr, "seconds": time.perf_counter() - t0}
-        history.append(row)
-        score = val_dice if len(val) else -row["train_loss"]
-        if score > best:
-            best, best_state = score, copy.deepcopy(model.state_dict())
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_dice=f"{val_dice:.3f}")
-        if time.perf_counter() - last_save > RESUME_EVERY_S and epoch + 1 < profile.seg_epochs:
-            store.save_torch({"settings_digest": digest, "model": model.state_dict(),
-                              "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                              "history": history, "best": best, "best_state": best_state,
-                              "epoch": epoch + 1}, resume_path)
-            last_save = time.perf_counter()
-    model.load_state_dict(best_state)
+    best = -math.inf
+    last = None if force else loop.resume(requires=(best_path,))
+    if last is not None:
+        history, best = list(last["history"]), float(last["best"])
+    del last
+    try:
+        for epoch in loop.epochs():
+            t0 = time.perf_counter()
+            model.train()
+            perm = torch.randperm(len(train))
+            losses = []
+            bar = loop.step_bar(epoch, steps_per_epoch)
+            for b in range(steps_per_epoch):
+                idx = perm[b * bs:(b + 1) * bs]
+                pairs = [augment_pair(x_tr[i], y_tr[i]) for i in idx.tolist()]
+                x = torch.stack([p[0] for p in pairs]).to(device)
+                y = torch.stack([p[1] for p in pairs]).float().to(device)
+                lr = _lr_at((epoch - 1) * steps_per_epoch + b, total, UNET.lr)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                loss = loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{np.mean(losses):.3f}", refresh=False)
+                bar.update(1)
+            val_loss, val_dice = _validate(model, x_va, y_va, loss_fn, device, bs)
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+                   "val_dice": val_dice, "lr": lr, "seconds": time.perf_counter() - t0}
+            history.append(row)
+            score = val_dice if len(val) else -row["train_loss"]
+            if score > best:
+                best = score
+                loop.save_best({"epoch": epoch, "val_dice": val_dice})
+            loop.end_epoch(epoch, {"history": history, "best": best}, keep_last=False,
+                           loss=f"{row['train_loss']:.3f}", val_dice=f"{val_dice:.3f}")
+    finally:
+        loop.close()
+    loop.load_best()
     model.eval()
     best_epoch = int(np.argmax([h["val_dice"] for h in history])) + 1 if len(val) else len(history)
     store.save_torch({"arch": ARCH, "settings": settings, "state_dict": model.state_dict(),
@@ -490,8 +486,8 @@ def train_unet(profile, prep: Prepared | None = None, progress: bool = True, for
     store.write_manifest(done_path, settings, checkpoint=ckpt_path.name,
                          checkpoint_sha256=store.file_sha256(ckpt_path), history=history,
                          best_epoch=best_epoch)
-    if resume_path.exists():
-        resume_path.unlink()
+    for path in (resume_path, best_path):
+        path.unlink(missing_ok=True)
     return model, history
 
 

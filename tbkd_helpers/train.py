@@ -1,4 +1,9 @@
-"""One training loop for every classifier: progress bar, early stopping, checkpoints, resume.
+"""The training machinery: one epoch loop for every model, one training loop for every classifier.
+
+:class:`EpochLoop` is what the classifiers and the U-Net (``segmentation.train_unet``)
+share: the epoch and step progress bars, the resumable state written after an epoch,
+resume from it, and the best epoch's weights. Each caller keeps its own steps, schedule
+and measure of the best epoch (validation AUC; the U-Net's validation Dice).
 
 :func:`fit` trains any model that maps a ``(N, 1, H, W)`` batch in ``[0, 1]`` to logits
 (every :func:`tbkd_helpers.models.build_model` model does) on datasets yielding
@@ -24,7 +29,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +42,7 @@ from . import store
 from .config import seed_everything, torch_device
 from .models import checkpoint, has_batchnorm, read_checkpoint, recalibrate_bn
 
-__all__ = ["TrainSettings", "History", "fit", "predict", "validate", "dataset_labels",
+__all__ = ["TrainSettings", "History", "EpochLoop", "fit", "predict", "validate", "dataset_labels",
            "TrainingInterrupted"]
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -200,27 +205,29 @@ def _to_xy(batch, device):
             torch.as_tensor(y).to(device, non_blocking=True).long())
 
 
-def _rng_state(generator: torch.Generator) -> dict:
+def _rng_state(generator: torch.Generator | None) -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "python": random.getstate(),
-        "loader": generator.get_state(),
     }
+    if generator is not None:
+        state["loader"] = generator.get_state()
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+def _set_rng_state(state: dict, generator: torch.Generator | None) -> None:
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
                          n["has_gauss"], n["cached"]))
     random.setstate(_tuples(state["python"]))
-    generator.set_state(state["loader"].cpu())
+    if generator is not None and "loader" in state:
+        generator.set_state(state["loader"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
@@ -293,6 +300,134 @@ def predict(model: nn.Module, ds: Dataset, device: torch.device | str | None = N
     if not probs:
         return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
     return np.concatenate(probs).astype(np.float64), np.concatenate(labels).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- the epoch loop
+class EpochLoop:
+    """What every training loop of the kit shares, the classifiers' (:func:`fit`) and the
+    U-Net's (``segmentation.train_unet``): the progress bars, a resumable state written
+    after an epoch, resume from it, and the best epoch's weights.
+
+    - ``resume_path`` receives, after an epoch (every epoch, or at most every
+      ``save_every_s`` seconds), the weights, the optimizer's and scheduler's states,
+      every random state (torch, NumPy, Python, CUDA, and the data loader's
+      ``generator``) and the caller's own ``state`` (its history): a run resumed from it
+      ends with exactly the weights of an uninterrupted one.
+    - ``best_path`` receives the best epoch's weights (:meth:`save_best`).
+    - ``digest`` fingerprints the settings: a saved state with another digest is not
+      resumed from (training starts over).
+
+    >>> loop = EpochLoop("unet", model, opt, None, epochs=10, digest=d, resume_path=p)  # doctest: +SKIP
+    >>> state = loop.resume()                      # None: a fresh start      # doctest: +SKIP
+    >>> for epoch in loop.epochs():                                           # doctest: +SKIP
+    ...     bar = loop.step_bar(epoch, n_steps)    # update it once per step
+    ...     loop.end_epoch(epoch, {"history": history}, val_dice=f"{dice:.3f}")
+    >>> loop.close()                                                          # doctest: +SKIP
+    """
+
+    def __init__(self, name: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                 epochs: int, *, digest: str, resume_path: str | Path, best_path: str | Path | None = None,
+                 settings: dict | None = None, generator: torch.Generator | None = None,
+                 progress: bool = True, save_every_s: float = 0.0, unit: str = "epoch") -> None:
+        self.name, self.model, self.optimizer, self.scheduler = name, model, optimizer, scheduler
+        self.total, self.digest, self.settings = int(epochs), digest, settings or {}
+        self.resume_path = Path(resume_path)
+        self.best_path = Path(best_path) if best_path is not None else None
+        self.generator, self.progress, self.save_every_s = generator, progress, float(save_every_s)
+        self.start, self.finished, self._bar, self._inner = 0, False, None, None
+        self._last_save = time.perf_counter()
+        self.unit = unit
+
+    # ---- resume
+    def resume(self, requires: Sequence[Path] = ()) -> dict | None:
+        """Restore the saved state when it has this loop's digest (and every file of
+        ``requires`` exists); return it (the caller reads its own entries, e.g. history),
+        or None for a fresh start. Says why a saved state is not used."""
+        if not self.resume_path.is_file():
+            return None
+        try:
+            last = read_checkpoint(self.resume_path, map_location=next(self.model.parameters()).device)
+        except ValueError as err:
+            _say(f"{self.name}: ignoring unreadable {err}", self.progress)
+            return None
+        if last.get("digest") != self.digest:
+            _say(f"{self.name}: {self.resume_path} has other settings; starting over", self.progress)
+            return None
+        for path in requires:
+            if not Path(path).is_file():
+                _say(f"{self.name}: {path} is missing; starting over", self.progress)
+                return None
+        self.model.load_state_dict(last["state_dict"])
+        self.optimizer.load_state_dict(last["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(last["scheduler"])
+        _set_rng_state(last["rng"], self.generator)
+        self.start, self.finished = int(last["epoch"]), bool(last.get("finished", False))
+        _say(f"{self.name}: resuming after epoch {self.start} from {self.resume_path}", self.progress)
+        return last
+
+    # ---- progress
+    def epochs(self) -> Iterator[int]:
+        """The (1-based) epochs still to run, with the epoch bar; stops once :attr:`finished`."""
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=self.total, initial=self.start, desc=f"train {self.name}", unit=self.unit,
+                         disable=not self.progress, leave=True)
+        try:
+            for epoch in range(self.start + 1, self.total + 1):
+                if self.finished:
+                    break
+                yield epoch
+        finally:
+            self.close()
+
+    def step_bar(self, epoch: int, steps: int):
+        """A bar of one epoch's ``steps`` (the caller updates it). It is never handed the
+        data loader: tqdm.auto's class calls iter() on an iterable it is given, and every
+        DataLoader iterator draws a seed from the loader's generator, so the shuffles, and
+        the trained weights, would depend on which progress bar was in use."""
+        from tqdm.auto import tqdm
+
+        self._inner = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not self.progress)
+        return self._inner
+
+    def end_epoch(self, epoch: int, state: dict, *, keep_last: bool = True, **postfix) -> None:
+        """After an epoch: save the resumable state (with the caller's ``state``) when it is
+        due (``save_every_s``; at the last epoch only with ``keep_last``), then move the bar."""
+        if self._inner is not None:
+            self._inner.close()
+            self._inner = None
+        due = self.save_every_s <= 0 or time.perf_counter() - self._last_save > self.save_every_s
+        if due and (keep_last or epoch < self.total) and not (self.finished and not keep_last):
+            ckpt = checkpoint(self.model, self.name, self.settings, {
+                "digest": self.digest, "epoch": epoch, "finished": self.finished,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "rng": _rng_state(self.generator), **state})
+            store.save_torch(ckpt, self.resume_path)
+            del ckpt
+            self._last_save = time.perf_counter()
+        if self._bar is not None:
+            self._bar.update(1)
+            if postfix:
+                self._bar.set_postfix(**postfix)
+
+    def save_best(self, extra: dict | None = None) -> None:
+        """The current weights as the best epoch's, in ``best_path``."""
+        store.save_torch(checkpoint(self.model, self.name, self.settings, {"digest": self.digest, **(extra or {})}),
+                         self.best_path)
+
+    def load_best(self) -> dict:
+        """Load ``best_path``'s weights into the model; return its checkpoint dict."""
+        best = read_checkpoint(self.best_path, map_location=next(self.model.parameters()).device)
+        self.model.load_state_dict(best["state_dict"])
+        return best
+
+    def close(self) -> None:
+        for bar in (self._inner, self._bar):
+            if bar is not None:
+                bar.close()
+        self._inner = self._bar = None
 
 
 # --------------------------------------------------------------------------- training
@@ -395,56 +530,28 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSet
     seed_everything(s.seed)
     optimizer = _make_optimizer(model, s)
     scheduler = _make_scheduler(optimizer, s, s.epochs * steps_per_epoch)
+    loop = EpochLoop(arch, model, optimizer, scheduler, s.epochs, digest=digest, resume_path=last_path,
+                     best_path=best_path, settings=fingerprint, generator=generator, progress=progress)
     history = History()
-    start_epoch, finished = 0, False
     best_auc, best_loss = float("nan"), math.inf
-    last = None
-    if resume and last_path.is_file():
-        try:
-            last = read_checkpoint(last_path, map_location=device)
-        except ValueError as err:
-            _say(f"{arch}: ignoring unreadable {err}", progress)
-        if last is not None and last.get("digest") != digest:
-            _say(f"{arch}: {last_path} has other settings; starting over", progress)
-            last = None
-        if last is not None and not best_path.is_file():
-            _say(f"{arch}: {best_path} is missing; starting over", progress)
-            last = None
+    last = loop.resume(requires=(best_path,)) if resume else None
     if last is not None:
-        model.load_state_dict(last["state_dict"])
-        optimizer.load_state_dict(last["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(last["scheduler"])
         history = History.from_dict(last["history"])
-        start_epoch = int(last["epoch"])
-        finished = bool(last.get("finished", False))
         if history.best_epoch is not None:
             i = history.epoch.index(history.best_epoch)
             best_auc, best_loss = history.val_auc[i], history.val_loss[i]
-        _set_rng_state(last["rng"], generator)
-        _say(f"{arch}: resuming after epoch {start_epoch} from {last_path}", progress)
     else:
         done_path.unlink(missing_ok=True)  # whatever was finished before had other settings
     del last
 
     # ---- epochs
-    from tqdm.auto import tqdm
-
     use_bn = has_batchnorm(model) and s.bn_recalibrate != "off"
-    bar = tqdm(total=s.epochs, initial=start_epoch, desc=f"train {arch}", unit="epoch",
-               disable=not progress, leave=True)
     try:
-        for epoch in range(start_epoch + 1, s.epochs + 1):
-            if finished:
-                break
+        for epoch in loop.epochs():
             t0 = time.perf_counter()
             model.train()
             total, n = 0.0, 0
-            # the bar counts steps; it is never handed the loader. tqdm.auto's class (with
-            # tqdm.asyncio in its bases) calls iter() on an iterable it is given, and every
-            # DataLoader iterator draws a seed from the loader's generator: the shuffles,
-            # and so the trained weights, then depended on which progress bar was in use.
-            inner = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not progress)
+            inner = loop.step_bar(epoch, steps_per_epoch)
             for batch in train_loader:
                 if step_loss is None:
                     x, y = _to_xy(batch, device)
@@ -463,7 +570,6 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSet
                 n += len(y)
                 inner.set_postfix(loss=f"{total / n:.4f}", refresh=False)
                 inner.update(1)
-            inner.close()
             if use_bn and s.bn_recalibrate == "epoch":
                 recalibrate_bn(model, calib_loader, device, s.bn_max_batches)
             ev = validate(model, val_loader, device, s.amp)
@@ -476,33 +582,20 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSet
             history.seconds.append(time.perf_counter() - t0)
             if history.best_epoch is None or _better(ev["auc"], ev["loss"], best_auc, best_loss):
                 best_auc, best_loss, history.best_epoch = ev["auc"], ev["loss"], epoch
-                store.save_torch(checkpoint(model, arch, fingerprint, {
-                    "digest": digest, "epoch": epoch, "val_auc": ev["auc"],
-                    "val_loss": ev["loss"], "val_acc": ev["acc"],
-                    "bn_recalibrated": use_bn and s.bn_recalibrate == "epoch"}),
-                    best_path)
+                loop.save_best({"epoch": epoch, "val_auc": ev["auc"], "val_loss": ev["loss"], "val_acc": ev["acc"],
+                                "bn_recalibrated": use_bn and s.bn_recalibrate == "epoch"})
             if s.patience and epoch - history.best_epoch >= s.patience and epoch < s.epochs:
                 history.stopped_early = True
-                finished = True
-            last_ckpt = checkpoint(model, arch, fingerprint, {
-                "digest": digest, "epoch": epoch, "finished": finished,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "history": history.to_dict(), "rng": _rng_state(generator)})
-            store.save_torch(last_ckpt, last_path)
-            del last_ckpt
-            bar.update(1)
-            bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}",
-                            val_auc=f"{ev['auc']:.4f}", val_acc=f"{ev['acc']:.3f}")
+                loop.finished = True
+            loop.end_epoch(epoch, {"history": history.to_dict()}, loss=f"{history.train_loss[-1]:.4f}",
+                           val_auc=f"{ev['auc']:.4f}", val_acc=f"{ev['acc']:.3f}")
             if on_epoch_end is not None:
                 on_epoch_end(epoch, history)
     finally:
-        bar.close()
+        loop.close()
 
     # ---- the best epoch, with honest BatchNorm statistics
-    best = read_checkpoint(best_path, map_location=device)
-    model.load_state_dict(best["state_dict"])
-    del best
+    loop.load_best()
     # BatchNorm layers normalise with running statistics in eval mode. These are an
     # exponential average over the last training steps, computed while the weights were
     # still moving: they describe earlier weights than the ones kept (badly so with

@@ -545,3 +545,25 @@ def test_segmentation_benchmark_runs_on_xrays(trained, tmp_path, monkeypatch):
     assert out["weights"].endswith("unet.pt") and str(prof.data_dir) in out["inputs"]
     pipe = [r for r in out["runs"] if r["what"] == "pipeline"]
     assert pipe and pipe[0]["images_per_s"] > 0 and 0 <= pipe[0]["fallbacks"] <= 2
+
+
+def test_the_unet_trains_with_the_classifiers_epoch_loop(tiny, monkeypatch, tmp_path):
+    """Progress, resumable state and best weights have one home (train.EpochLoop): the
+    U-Net and a classifier both run through it, which a recording stand-in shows."""
+    from tbkd_helpers import models, train
+
+    used = []
+
+    class Recording(train.EpochLoop):
+        def end_epoch(self, epoch, state, **kw):
+            used.append((self.name, epoch, sorted(state)))
+            super().end_epoch(epoch, state, **kw)
+
+    monkeypatch.setattr(train, "EpochLoop", Recording)
+    prof, prep = tiny
+    seg.train_unet(prof.replace(seg_epochs=1), prep, progress=False)
+    x = torch.rand(8, 1, 32, 32)
+    ds = torch.utils.data.TensorDataset(x, torch.arange(8) % 2)
+    train.fit(models.build_model("resnet18", seed=0), ds, ds, train.TrainSettings(epochs=1, batch_size=4),
+              tmp_path / "clf", device="cpu", progress=False)
+    assert used == [("U-Net", 1, ["best", "history"]), ("resnet18", 1, ["history"])]
