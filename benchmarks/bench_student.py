@@ -12,10 +12,12 @@ Measured side by side in this one process, at the input size of a profile (defau
    against a guide map) against one plain cross-entropy step of the same student on
    the same batch, each with backward and optimiser step; median of alternating
    repeats; the ratio (target: at most 1.25×). Measured with the Grad-CAM layer the
-   profile uses (``cam_stride``: 16 in quick and real, twice the map resolution; 32 in full) and
-   with the other one (32 is the classic last feature map): the second-order backward
-   pass of the map runs through every layer after the CAM layer, so the earlier
-   layer costs more;
+   profile uses (``cam_stride``: 8 in quick, 16 in real, 32 in full) and with the other
+   one (32, the classic last feature map, or 16 for full), each with both orders of the
+   map term's gradient (``cam_order``): "second" backpropagates through the Grad-CAM
+   weights, a second-order pass through every layer after the CAM layer (so an earlier
+   layer costs more); "first" holds the weights constant (what that does to the student
+   is measured on validation by ``benchmarks/bench_cam_order.py``);
 4. the student's accuracy against the best teacher's on Shenzhen, read from
    ``results/<profile>/results.json`` when chapter 05 has written it (target: within
    1 percentage point).
@@ -60,9 +62,12 @@ def latency(student, teacher, size: int, repeats: int) -> tuple[float, float]:
 
 
 def train_steps(arch: str, profile, batch: int, repeats: int,
-                strides: tuple[int, ...] = (16, 32)) -> tuple[float, dict[int, float]]:
+                strides: tuple[int, ...] = (16, 32), orders: tuple[str, ...] = ("second",)
+                ) -> tuple[float, dict[tuple[int, str], float]]:
     """Median seconds of one plain CE step and of one kd+cam distillation step of the
-    student, the latter with the Grad-CAM layer at each of ``strides``; all alternating."""
+    student, the latter with the Grad-CAM layer at each of ``strides`` and the map term's
+    gradient of each ``cam_order`` (``distill.DistillSettings``); all alternating.
+    Returns ``(ce, {(stride, order): seconds})``."""
     model = models.build_model(arch, seed=0).train()
     g = torch.Generator().manual_seed(0)
     size = profile.size_for(arch)
@@ -70,9 +75,11 @@ def train_steps(arch: str, profile, batch: int, repeats: int,
     y = torch.arange(batch) % 2
     guide_maps = torch.rand(batch, profile.cam_size, profile.cam_size, generator=g)
     guide_logits = torch.randn(batch, 2, generator=g)
-    settings = distill.variant_settings("kd+cam", alpha=profile.kd_alpha, beta=profile.cam_beta,
-                                        temperature=profile.kd_temperature)
-    losses = {s: distill.make_step_loss(models.target_layer(model, arch, stride=s), settings) for s in strides}
+    kinds = [(s, o) for s in strides for o in orders]
+    losses = {(s, o): distill.make_step_loss(
+        models.target_layer(model, arch, stride=s),
+        distill.variant_settings("kd+cam", alpha=profile.kd_alpha, beta=profile.cam_beta,
+                                 temperature=profile.kd_temperature, cam_order=o)) for s, o in kinds}
     criterion = torch.nn.CrossEntropyLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     device = torch.device("cpu")
@@ -83,8 +90,8 @@ def train_steps(arch: str, profile, batch: int, repeats: int,
         loss.backward()
         opt.step()
 
-    def cam_step(stride):
-        loss, _ = losses[stride](model, (x, y, guide_maps, guide_logits), criterion, device)
+    def cam_step(kind):
+        loss, _ = losses[kind](model, (x, y, guide_maps, guide_logits), criterion, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -96,14 +103,14 @@ def train_steps(arch: str, profile, batch: int, repeats: int,
 
     for _ in range(2):  # warm-up
         ce_step()
-        for s in strides:
-            cam_step(s)
-    ce, cam = [], {s: [] for s in strides}
+        for k in kinds:
+            cam_step(k)
+    ce, cam = [], {k: [] for k in kinds}
     for _ in range(repeats):
         ce.append(timed(ce_step))
-        for s in strides:
-            cam[s].append(timed(cam_step, s))
-    return statistics.median(ce), {s: statistics.median(v) for s, v in cam.items()}
+        for k in kinds:
+            cam[k].append(timed(cam_step, k))
+    return statistics.median(ce), {k: statistics.median(v) for k, v in cam.items()}
 
 
 def accuracy_line(profile_name: str) -> str:
@@ -158,14 +165,15 @@ def main(argv=None) -> None:
     print(f"parameter ratio {t_arch} / student: {par_ratio:.1f}x (target >= 4x) "
           f"{'MET' if par_ratio >= 4 else 'MISSED'}; FLOPs ratio {ti['flops'] / si['flops']:.1f}x")
 
-    strides = (profile.cam_stride, 48 - profile.cam_stride)  # the profile's layer first, then the other
-    ce, cams = train_steps(s_arch, profile, batch, args.repeats, strides)
+    strides = (profile.cam_stride, 32 if profile.cam_stride != 32 else 16)  # the profile's layer first
+    ce, cams = train_steps(s_arch, profile, batch, args.repeats, strides, distill.CAM_ORDERS)
     print(f"student training step, batch {batch}: plain CE {ce * 1e3:.1f} ms")
-    for stride, cam in cams.items():
+    for (stride, order), cam in cams.items():
         ratio = cam / ce
         which = "the profile's Grad-CAM layer" if stride == profile.cam_stride else "the other Grad-CAM layer"
-        print(f"  kd+cam distillation step, CAM at stride {stride} ({which}): {cam * 1e3:.1f} ms: ratio {ratio:.2f}x "
-              f"(target <= 1.25x) {'MET' if ratio <= 1.25 else 'MISSED'}")
+        mark = " (the profile's)" if stride == profile.cam_stride and order == profile.cam_order else ""
+        print(f"  kd+cam step, CAM at stride {stride} ({which}), {order}-order map gradient{mark}: "
+              f"{cam * 1e3:.1f} ms: ratio {ratio:.2f}x (target <= 1.25x) {'MET' if ratio <= 1.25 else 'MISSED'}")
     print(accuracy_line(args.results_profile or args.profile))
 
 

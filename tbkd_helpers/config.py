@@ -67,6 +67,9 @@ class Profile:
     cam_stride: int = 16  # Grad-CAM layer: last block at stride 8 (quick's 64 px), 16 (finer maps) or 32 (classic)
     cam_size: int = 16  # cached teacher maps are stored at this size (px)
     cam_method: str = "gradcam"
+    cam_order: str = "second"  # the map term reaches the student through its Grad-CAM weights too
+    # (second order, create_graph) or through its activations only (first: a cheaper step;
+    # benchmarks/bench_cam_order.py measures both, on validation)
     guide_views: int = 0  # fixed augmented views per training image on which the guide's logits and
     # maps are cached (the student trains on exactly those views); 0: maps warped with the image,
     # logits of the unaugmented image

@@ -40,6 +40,7 @@ from . import cam as _cam
 from .data import CXRDataset, ViewsDataset, augmenters
 
 VARIANTS = ("ce", "kd", "cam", "kd+cam")
+CAM_ORDERS = ("second", "first")
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,18 @@ class DistillSettings:
     target_class: int = 1  # maps of the TB class, as cached for the teachers
     cam_images: str = "tb"  # the map term on "tb" images only (the TB map explains a TB image;
     # on a normal image the guide's TB map marks nothing real) or on "all"
+    cam_order: str = "second"  # "second": the map's gradient flows through the Grad-CAM weights
+    # (the gradient of the score, so a second-order backward through the layers after the map's
+    # layer); "first": the weights are held constant, the map's gradient flows through the
+    # activations only (about the cost of a plain step)
 
     def __post_init__(self):
         if self.cam_loss not in _cam.CAM_LOSSES:
             raise ValueError(f"cam_loss={self.cam_loss!r}: choose one of {', '.join(_cam.CAM_LOSSES)}")
         if self.cam_images not in ("tb", "all"):
             raise ValueError(f"cam_images={self.cam_images!r}: choose 'tb' or 'all'")
+        if self.cam_order not in CAM_ORDERS:
+            raise ValueError(f"cam_order={self.cam_order!r}: choose one of {', '.join(CAM_ORDERS)}")
         if self.alpha < 0 or self.beta < 0 or self.temperature <= 0:
             raise ValueError("alpha and beta must be >= 0 and the temperature > 0")
 
@@ -67,14 +74,14 @@ class DistillSettings:
 
 
 def variant_settings(variant: str, alpha: float = 1.0, beta: float = 1.0, temperature: float = 4.0,
-                     cam_loss: str = "mse") -> DistillSettings:
+                     cam_loss: str = "mse", cam_order: str = "second") -> DistillSettings:
     """The ablation's four students: "ce" (labels only), "kd" (+ logit distillation),
     "cam" (+ Grad-CAM distillation), "kd+cam" (both)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown student variant {variant!r}: choose one of {', '.join(VARIANTS)}")
     return DistillSettings(alpha=alpha if "kd" in variant else 0.0,
                            beta=beta if "cam" in variant else 0.0,
-                           temperature=temperature, cam_loss=cam_loss)
+                           temperature=temperature, cam_loss=cam_loss, cam_order=cam_order)
 
 
 # --------------------------------------------------------------------------- losses
@@ -233,14 +240,16 @@ def make_step_loss(layer: nn.Module, settings: DistillSettings):
 
     Without a CAM term the student runs one plain forward pass; with one, its logits
     and its differentiable Grad-CAM come from the same forward pass, and the map's
-    gradient reaches the weights (``create_graph=True``).
+    gradient reaches the weights: through the Grad-CAM weights too with ``cam_order``
+    "second" (``create_graph=True``), through the activations only with "first".
     """
     s = settings
 
     def step(model: nn.Module, batch, criterion: nn.Module, device: torch.device):
         x, y, guide_maps, guide_logits = (t.to(device) for t in batch)
         if s.beta > 0:  # signed maps: an empty (ReLU'd) map would pass no gradient
-            maps, logits = _cam.differentiable_gradcam(model, layer, x, target_class=s.target_class, relu=False)
+            maps, logits = _cam.differentiable_gradcam(model, layer, x, target_class=s.target_class, relu=False,
+                                                       create_graph=s.cam_order == "second")
         else:
             logits = model(x)
         loss = criterion(logits.float(), y)
@@ -263,5 +272,5 @@ def guide_agreement(student_maps: np.ndarray, guide_maps: np.ndarray) -> np.ndar
     return _cam.cam_agreement(student_maps, guide_maps)
 
 
-__all__ = ["VARIANTS", "DistillSettings", "variant_settings", "kd_loss", "cam_term", "Guide",
+__all__ = ["VARIANTS", "CAM_ORDERS", "DistillSettings", "variant_settings", "kd_loss", "cam_term", "Guide",
            "teacher_weights", "make_guide", "DistillDataset", "make_step_loss", "guide_agreement"]

@@ -355,7 +355,8 @@ def student_dir(profile, variant: str, guide: str = "best", cam_loss: str = "mse
 
 def distill_settings(profile, variant: str, cam_loss: str = "mse") -> _distill.DistillSettings:
     return _distill.variant_settings(variant, alpha=profile.kd_alpha, beta=profile.cam_beta,
-                                     temperature=profile.kd_temperature, cam_loss=cam_loss)
+                                     temperature=profile.kd_temperature, cam_loss=cam_loss,
+                                     cam_order=profile.cam_order)
 
 
 def distill_code_digest() -> str:

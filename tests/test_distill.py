@@ -155,6 +155,30 @@ def test_step_loss_for_every_variant(variant):
         assert loss.item() > ce  # the extra terms are non-negative and here positive
 
 
+def test_cam_order_first_holds_the_gradcam_weights_constant():
+    """The map term alone (the cross-entropy scaled to zero): with cam_order "second" it
+    reaches the layers after the Grad-CAM layer (through the Grad-CAM weights, a gradient
+    of the score); with "first" only the layers before it, and the map is the same."""
+    batch = (torch.rand(4, 1, 64, 64), torch.tensor([1, 1, 0, 1]), torch.rand(4, 4, 4), torch.randn(4, 2))
+    zero_ce = lambda logits, y: logits.sum() * 0.0  # noqa: E731
+    grads, losses = {}, {}
+    for order in distill.CAM_ORDERS:
+        model = models.build_model("mobilenet_v3_small", seed=0).train()
+        layer = models.target_layer(model, "mobilenet_v3_small", stride=16)
+        step = distill.make_step_loss(layer, distill.variant_settings("cam", cam_order=order))
+        torch.manual_seed(1)
+        loss, _ = step(model, batch, zero_ce, torch.device("cpu"))
+        loss.backward()
+        losses[order] = loss.item()
+        grads[order] = (model.net.features[0][0].weight.grad.abs().sum().item(),  # before the layer
+                        model.net.classifier[-1].weight.grad.abs().sum().item())  # after it
+    assert losses["first"] == pytest.approx(losses["second"], rel=1e-6) and losses["first"] > 0
+    assert grads["second"][0] > 0 and grads["second"][1] > 0
+    assert grads["first"][0] > 0 and grads["first"][1] == 0.0
+    with pytest.raises(ValueError, match="cam_order"):
+        distill.DistillSettings(cam_order="third")
+
+
 def test_variant_settings():
     assert distill.variant_settings("ce") == distill.DistillSettings()
     both = distill.variant_settings("kd+cam", alpha=0.5, beta=2.0, cam_loss="at")
