@@ -6,6 +6,8 @@ the same load; the ratio DenseNet121 / student (target: at least 10x). Both mode
 through ``models.for_inference`` (torch's fused hard activations, BatchNorm folded into
 the convolutions: the path ``tbkd predict``, ``tbkd screen`` and ``tbkd export`` use), and
 the plain training-time model of the student is timed too, to show what that path buys.
+"TorchScript" is that same model traced and frozen (``models.frozen_for_inference``): the
+same kernels without Python's per-layer overhead.
 
 The FLOP limit: the student's FLOPs (``models.model_info``, a multiply-add counted as 2)
 divided by the machine's measured peak, the best of a few float32 matrix products
@@ -90,13 +92,16 @@ def main(argv=None) -> int:
         student = models.build_model(prof.student, seed=0).eval()
         teacher = models.build_model("densenet121", seed=0).eval()
         fast_s, fast_t = models.for_inference(student), models.for_inference(teacher)
+        frozen_s, frozen_t = models.frozen_for_inference(student, size), models.frozen_for_inference(teacher, size)
         flops = models.model_info(student, size)["flops"]
         limit = flops / (peak * 1e9)
         x = torch.rand(1, 1, size, size)
         with torch.inference_mode():
             t = alternate({"train-time student": lambda: student(x), "student": lambda: fast_s(x),
-                           "densenet": lambda: fast_t(x)}, args.repeats)
-        rows = [("PyTorch", t["student"], t["densenet"])]
+                           "densenet": lambda: fast_t(x), "frozen student": lambda: frozen_s(x),
+                           "frozen densenet": lambda: frozen_t(x)}, args.repeats)
+        rows = [("PyTorch", t["student"], t["densenet"]),
+                ("TorchScript", t["frozen student"], t["frozen densenet"])]
         print(f"{size:5d} {'PyTorch (plain)':>14} {1e3 * t['train-time student']:11.2f} {'':>12} {'':>6} "
               f"{1e3 * limit:14.3f} {t['train-time student'] / limit:14.1f}")
         ss, st = onnx_session(student, size, args.threads), onnx_session(teacher, size, args.threads)

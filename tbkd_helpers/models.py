@@ -408,6 +408,21 @@ def for_inference(model: nn.Module) -> nn.Module:
     return out
 
 
+def frozen_for_inference(model: nn.Module, input_size: int = 224) -> torch.jit.ScriptModule:
+    """:func:`for_inference`'s model, traced and frozen by TorchScript (``torch.jit.trace``
+    on one ``(1, 1, s, s)`` image, then ``torch.jit.freeze``): the same PyTorch kernels
+    and the same outputs, without Python's per-layer overhead, which at batch 1 is most
+    of a small model's time. Any batch size and the traced input size run. For
+    probabilities only: Grad-CAM needs the module's hooks (use :func:`for_inference`)."""
+    import warnings
+
+    fast = for_inference(model)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python values
+        traced = torch.jit.trace(fast, torch.rand(_input_shape(input_size)))
+        return torch.jit.freeze(traced.eval())
+
+
 def export_onnx(module: nn.Module, example: torch.Tensor, path, input_name: str, output_name: str) -> Path:
     """``module`` as an ONNX file at ``path`` (the TorchScript-based ``torch.onnx.export``,
     opset 17), with a dynamic batch axis on its one input and one output; the exporter's

@@ -458,3 +458,25 @@ def test_recalibrate_bn_max_batches():
     model = _toy_bn_net()
     loader = [(torch.rand(4, 1, 8, 8), 0) for _ in range(5)]
     assert recalibrate_bn(model, loader, max_batches=2) == 8
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "resnet18"])
+def test_the_inference_paths_give_the_training_models_outputs(arch):
+    """for_inference (fused activations, BatchNorm folded) and its TorchScript-frozen form
+    compute the trained model's function: the same probabilities, at any batch size."""
+    torch.set_num_threads(1)
+    model = build_model(arch, seed=0).train()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, as after training
+        for _ in range(3):
+            model(torch.rand(8, 1, 64, 64))
+    model.eval()
+    fast, frozen = models.for_inference(model), models.frozen_for_inference(model, 64)
+    assert not any(isinstance(m, (models.Hardswish2, models.Hardsigmoid2)) for m in fast.modules())
+    if arch.startswith("mobilenet"):  # conv-BN pairs in Sequentials (ResNet's are attributes: kept)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert isinstance(frozen, torch.jit.ScriptModule)
+    x = torch.rand(5, 1, 64, 64)
+    with torch.no_grad():
+        ref = torch.softmax(model(x), 1)
+        for out in (fast(x), frozen(x), frozen(x[:1])):
+            assert torch.allclose(torch.softmax(out, 1), ref[:len(out)], atol=1e-5)
