@@ -152,7 +152,8 @@ PROFILES: dict[str, Profile] = {
     # already gives 7x7 maps (8x8 for Inception V3 at 299 px), so full uses it: the finer
     # stride-16 layer exists for the small inputs of quick and real, and costs the student's
     # distillation step more (its second-order backward runs through the whole last stage:
-    # benchmarks/bench_student.py measures 1.5x a CE step at stride 16, 1.02x at stride 32).
+    # benchmarks/bench_student.py measured 1.92x a CE step at stride 16, 1.02x at stride 32, at 112 px;
+    # with cam_order "first" 1.05x and 0.97x).
     "full": Profile(
         name="full", data="real", seg_size=256, seg_epochs=60, seg_batch_size=16, seg_decoder_channels=SMP_DECODER,
         image_size=224, inception_size=299, teacher_epochs=40, batch_size=32,
