@@ -301,6 +301,15 @@ cells = [
     print("the map term's gradient reaches the first convolution, and part of it is second-order")
     """, check=True),
     md("""
+    That second-order part has a price: its backward pass runs again through every layer after the
+    Grad-CAM layer, so a kd+cam step costs more than a plain one (`benchmarks/bench_student.py`
+    times both). The setting `profile.cam_order` chooses it: `"second"` (the default, the cell above
+    with `create_graph=True`) or `"first"` (the channel weights held constant, as with
+    `create_graph=False`: about the cost of a plain step). Whether the student loses anything
+    without it is a question for the validation split, which `benchmarks/bench_cam_order.py`
+    answers over seeds, paired; the README reports what it measured.
+    """),
+    md("""
     ## The views the student trains on, and the teacher's maps of them
 
     The students train on augmented images, like the teachers: each X-ray rotated by a few degrees,
