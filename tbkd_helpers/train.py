@@ -328,7 +328,7 @@ class EpochLoop:
     def __init__(self, name: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                  epochs: int, *, digest: str, resume_path: str | Path, best_path: str | Path | None = None,
                  settings: dict | None = None, generator: torch.Generator | None = None,
-                 progress: bool = True, save_every_s: float = 0.0, unit: str = "epoch") -> None:
+                 progress: bool = True, save_every_s: float = 0.0) -> None:
         self.name, self.model, self.optimizer, self.scheduler = name, model, optimizer, scheduler
         self.total, self.digest, self.settings = int(epochs), digest, settings or {}
         self.resume_path = Path(resume_path)
@@ -336,7 +336,6 @@ class EpochLoop:
         self.generator, self.progress, self.save_every_s = generator, progress, float(save_every_s)
         self.start, self.finished, self._bar, self._inner = 0, False, None, None
         self._last_save = time.perf_counter()
-        self.unit = unit
 
     # ---- resume
     def resume(self, requires: Sequence[Path] = ()) -> dict | None:
@@ -371,7 +370,7 @@ class EpochLoop:
         """The (1-based) epochs still to run, with the epoch bar; stops once :attr:`finished`."""
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=self.total, initial=self.start, desc=f"train {self.name}", unit=self.unit,
+        self._bar = tqdm(total=self.total, initial=self.start, desc=f"train {self.name}", unit="epoch",
                          disable=not self.progress, leave=True)
         try:
             for epoch in range(self.start + 1, self.total + 1):
@@ -398,7 +397,8 @@ class EpochLoop:
             self._inner.close()
             self._inner = None
         due = self.save_every_s <= 0 or time.perf_counter() - self._last_save > self.save_every_s
-        if due and (keep_last or epoch < self.total) and not (self.finished and not keep_last):
+        last_epoch = self.finished or epoch >= self.total
+        if due and (keep_last or not last_epoch):
             ckpt = checkpoint(self.model, self.name, self.settings, {
                 "digest": self.digest, "epoch": epoch, "finished": self.finished,
                 "optimizer": self.optimizer.state_dict(),
