@@ -408,7 +408,7 @@ def train_unet(profile, prep: Prepared | None = None, progress: bool = True, for
     import torch
 
     from . import data as _data
-    from .train import EpochLoop
+    from .train import EpochLoop, adamw
 
     prep = prep or _data.prepare(profile, progress=progress)
     settings = train_settings(profile, prep)
@@ -428,7 +428,7 @@ def train_unet(profile, prep: Prepared | None = None, progress: bool = True, for
     x_tr, y_tr = _load_pairs(train, profile.seg_size, progress, "reading training images")
     x_va, y_va = _load_pairs(val, profile.seg_size, progress, "reading validation images")
     model = build_unet(profile.seg_encoder, profile.seg_pretrained, profile.seg_decoder_channels).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=UNET.lr, weight_decay=UNET.weight_decay)
+    opt = adamw(model.parameters(), UNET.lr, UNET.weight_decay)
     loss_fn = _loss()
     bs = profile.seg_batch_size
     steps_per_epoch = max(1, len(train) // bs + (len(train) % bs >= 2))

@@ -68,6 +68,10 @@ class TrainSettings:
       of an epoch; without it a short from-scratch run validates with lagging statistics
       and its per-epoch AUC/accuracy are near chance) | "end": once, for the best
       checkpoint | "off".
+    - ``eval_batch_size``: the batch of the no-grad passes (BatchNorm recalibration and
+      validation): at least ``batch_size``. Larger batches cost less per image (at 64 px,
+      batch 64 took 60 % of batch 8's time for DenseNet121, 35 % for the student) and give
+      the recalibration steadier batch statistics.
     - ``amp``: bf16 autocast, on CUDA only.
     """
 
@@ -85,6 +89,7 @@ class TrainSettings:
     momentum: float = 0.9
     bn_recalibrate: str = "epoch"
     bn_max_batches: int | None = None
+    eval_batch_size: int = 64
     amp: bool = True
 
     def __post_init__(self) -> None:
@@ -431,10 +436,21 @@ class EpochLoop:
 
 
 # --------------------------------------------------------------------------- training
+def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel: one pass over all the weights instead of a dozen
+    small operations per tensor. On this kit's CPUs its step is 3-6x faster (the students'
+    and ResNet18's optimizer step was 15-30 % of a training step); the weights agree with
+    the per-tensor version to about 1e-8. Falls back where the fused kernel is missing."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):  # an older torch, or a device without the fused kernel
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 def _make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if s.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        return adamw(params, s.lr, s.weight_decay)
     return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, nesterov=s.momentum > 0,
                            weight_decay=s.weight_decay)
 
@@ -520,8 +536,9 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSet
     drop_last = len(train_ds) > s.batch_size and len(train_ds) % s.batch_size == 1
     train_loader = _loader(train_ds, s.batch_size, s.num_workers, shuffle=True,
                            generator=generator, sampler=sampler, drop_last=drop_last, device=device)
-    val_loader = _loader(val_ds, s.batch_size, s.num_workers, device=device)
-    calib_loader = _loader(calib_ds if calib_ds is not None else train_ds, s.batch_size,
+    eval_batch = max(s.batch_size, s.eval_batch_size)
+    val_loader = _loader(val_ds, eval_batch, s.num_workers, device=device)
+    calib_loader = _loader(calib_ds if calib_ds is not None else train_ds, eval_batch,
                            s.num_workers, device=device)
     steps_per_epoch = len(train_loader)
     criterion = nn.CrossEntropyLoss(weight=class_weight, label_smoothing=s.label_smoothing)

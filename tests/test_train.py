@@ -294,3 +294,50 @@ def test_mobilenet_from_scratch_does_not_predict_one_class(tmp_path):
     fixed, _ = predict(model, val, device="cpu")
     np.testing.assert_allclose(fixed, probs, atol=1e-4)
     assert not np.allclose(lagging, probs, atol=1e-2)
+
+
+def test_adamw_is_fused_and_steps_like_the_per_tensor_optimizer():
+    """train.adamw uses torch's fused kernel where it exists, with the same update rule."""
+    from tbkd_helpers.train import adamw
+
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(2)) for _ in range(2)]
+    x = torch.randn(3, 1, 8, 8)
+    for net in nets:
+        net(x)
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [adamw(nets[0].parameters(), 1e-2, 1e-4),
+            torch.optim.AdamW(nets[1].parameters(), lr=1e-2, weight_decay=1e-4, foreach=False)]
+    assert opts[0].defaults.get("fused") is True
+    for _ in range(5):
+        for net, opt in zip(nets, opts):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(a, torch.zeros_like(a))
+
+
+def test_no_grad_passes_run_in_eval_sized_batches(tmp_path, monkeypatch):
+    """BatchNorm recalibration and validation read batches of eval_batch_size (at least
+    the training batch), not of the training batch."""
+    import tbkd_helpers.train as train
+
+    seen = {"calib": [], "val": []}
+    real_recal, real_validate = train.recalibrate_bn, train.validate
+
+    def recal(model, loader, *a, **k):
+        seen["calib"] += [len(b[0]) for b in loader]
+        return real_recal(model, loader, *a, **k)
+
+    def validate(model, loader, *a, **k):
+        seen["val"] += [len(b[0]) for b in loader]
+        return real_validate(model, loader, *a, **k)
+
+    monkeypatch.setattr(train, "recalibrate_bn", recal)
+    monkeypatch.setattr(train, "validate", validate)
+    model = build_model("resnet18", seed=0)
+    fit(model, Squares(24, 0), Squares(12, 1), TrainSettings(epochs=1, batch_size=4, eval_batch_size=16),
+        tmp_path / "ckpt", progress=False)
+    assert seen["calib"][:2] == [16, 8] and seen["val"][:1] == [12]

@@ -303,11 +303,16 @@ cells = [
     md("""
     That second-order part has a price: its backward pass runs again through every layer after the
     Grad-CAM layer, so a kd+cam step costs more than a plain one (`benchmarks/bench_student.py`
-    times both). The setting `profile.cam_order` chooses it: `"second"` (the default, the cell above
-    with `create_graph=True`) or `"first"` (the channel weights held constant, as with
-    `create_graph=False`: about the cost of a plain step). Whether the student loses anything
-    without it is a question for the validation split, which `benchmarks/bench_cam_order.py`
-    answers over seeds, paired; the README reports what it measured.
+    times both). The setting `profile.cam_order` chooses it: `"second"` (the cell above with
+    `create_graph=True`; the `real` and `full` profiles) or `"first"` (the channel weights held
+    constant, as with `create_graph=False`: about the cost of a plain step). Whether the student
+    loses anything without it is a question for the validation split, which
+    `benchmarks/bench_cam_order.py` answers over seeds, paired. On the phantoms it found the two
+    orders not apart on any validation figure, at half the cost of a kd+cam step, so the `quick`
+    profile trains its students with the first-order term (the README gives the figures):
+    """),
+    code("""
+    print(f"this run: cam_order = {profile.cam_order!r}")
     """),
     md("""
     ## The views the student trains on, and the teacher's maps of them
