@@ -127,11 +127,11 @@ PROFILES: dict[str, Profile] = {
     # Grad-CAM at stride 8 (8x8 maps at 64 px): at stride 16 a 4x4 map is coarser than the
     # lesions. The student costs a few ms an image: 15 epochs (240 steps) let the map term act
     # (at 5 its maps had not moved towards the guide's).
-    # cam_order "first": at stride 8 a kd+cam step costs 3.2x a ce step second-order, 1.4x
-    # first-order (benchmarks/bench_student.py --profile quick), and over 3 seeds on the validation phantoms (benchmarks/bench_cam_order.py) the two
-    # orders were not told apart on AUC, lesion share, in-lung share or pointing game.
+    # cam_order stays "second" although a kd+cam step costs 3.2x a ce step at stride 8 (1.4x
+    # first-order, benchmarks/bench_student.py --profile quick): first-order, a fresh student
+    # cannot even fit the guide's maps of one batch (benchmarks/bench_cam_fit.py).
     "quick": Profile(name="quick", data="phantom", vgg_head="gap", phantom_difficulty=0.0, teacher_epochs=8,
-                     batch_size=8, cam_stride=8, student_epochs=15, guide_views=6, cam_order="first"),
+                     batch_size=8, cam_stride=8, student_epochs=15, guide_views=6),
     # real: sized to the 90-minute budget of a 2-core CPU. Measured training cost per image
     # (batch 32) at 128 px: VGG16 271 ms, Inception V3 (160 px) 73, DenseNet121 65,
     # ResNet18 29, MobileNet V3 Large 14, Small 6 -- VGG16 alone is 60 % of the teachers.

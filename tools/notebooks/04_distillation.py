@@ -304,12 +304,16 @@ cells = [
     That second-order part has a price: its backward pass runs again through every layer after the
     Grad-CAM layer, so a kd+cam step costs more than a plain one (`benchmarks/bench_student.py`
     times both). The setting `profile.cam_order` chooses it: `"second"` (the cell above with
-    `create_graph=True`; the `real` and `full` profiles) or `"first"` (the channel weights held
+    `create_graph=True`, every profile's setting) or `"first"` (the channel weights held
     constant, as with `create_graph=False`: about the cost of a plain step). Whether the student
     loses anything without it is a question for the validation split, which
-    `benchmarks/bench_cam_order.py` answers over seeds, paired. On the phantoms it found the two
-    orders not apart on any validation figure, at half the cost of a kd+cam step, so the `quick`
-    profile trains its students with the first-order term (the README gives the figures):
+    `benchmarks/bench_cam_order.py` answers over seeds, paired. A simpler check comes first: can a
+    fresh student, trained on the map term alone, fit the guide's maps of a single batch?
+    `benchmarks/bench_cam_fit.py` tries both orders from the same start. Second-order, the term
+    falls towards 0 within a few dozen steps; first-order it hardly moves: with the Grad-CAM
+    weights held constant, every step reshapes the activations for channel weights that the
+    step itself then changes. So every profile keeps the second-order term, and pays for it
+    (the README gives both measurements):
     """),
     code("""
     print(f"this run: cam_order = {profile.cam_order!r}")
