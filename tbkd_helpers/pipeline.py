@@ -962,6 +962,84 @@ def tune_student(profile, prep: _data.Prepared, grid: Sequence[dict] = TUNING_GR
     return out
 
 
+#: the patience settings ``scripts/patience_study.py`` compares by default: ``(student epochs,
+#: guide views)``; the profile's own setting is always the reference
+PATIENCE_GRID = ((60, 16),)
+
+
+def patience_study(profile, prep: _data.Prepared, seeds: Sequence[int], variants: Sequence[str] = ("kd", "kd+cam"),
+                   grid: Sequence[tuple[int, int]] = PATIENCE_GRID, on_row=None, progress: bool = False) -> dict:
+    """Does the student need more patience? Each ``variant`` trained with the profile's own
+    ``(student_epochs, guide_views)`` and with every setting of ``grid``, once per seed
+    (the same seed: the same initial weights, so the runs are paired), with the teachers
+    and guide of the fixed split. Only **validation** figures: the kept epoch's AUC and
+    cross-entropy, the accuracy at P(TB) 0.5, the in-lung share of the student's maps
+    and their agreement with the guide's maps. The test split is not read.
+
+    The profile's own setting trains where chapter 04's students live (and reuses them);
+    the others in ``students/patience/``. ``on_row(row)`` is called after every run (to
+    save what is done). Returns ``{"settings", "runs": [rows], "summary": {variant:
+    {setting: {figure: mean_sd}}}, "paired": {variant: {setting: {figure: paired
+    difference from the profile's own}}}}``."""
+    own = (profile.student_epochs, profile.guide_views)
+    settings = [own] + [tuple(g) for g in grid if tuple(g) != own]
+    records = classifier_records(profile, prep, "val")
+    size = profile.size_for(profile.student)
+    lungs = lung_masks(profile, records, size, "lung")
+    guide_val = guide_for_part(profile, prep, "best", "val")
+    val_ds = classifier_dataset(profile, prep, profile.student, "val")
+    rows = []
+    for seed in seeds:
+        for v in variants:
+            for epochs, views in settings:
+                p = profile.replace(student_epochs=int(epochs), guide_views=int(views))
+                ckpt = None if (epochs, views) == own else \
+                    Path(profile.artifacts) / "students" / "patience" / f"{v}-e{epochs}-v{views}-seed{seed}"
+                model, hist, _ = train_student(p, v, prep, progress=progress, seed=seed, ckpt_dir=ckpt)
+                probs, labels = _train.predict(model, val_ds, device=torch_device(profile.device))
+                maps, _ = student_maps(p, model, prep, "val")
+                att = attention_figures(maps, lungs, np.zeros_like(lungs), guide_val.cams, n_boot=0)
+                f = hist.final or {}
+                row = {"seed": int(seed), "variant": v, "epochs": int(epochs), "views": int(views),
+                       "best_epoch": hist.best_epoch, "val_auc": _num(f.get("val_auc", float("nan"))),
+                       "val_loss": _num(f.get("val_loss", float("nan"))),
+                       "val_accuracy": _num(float(((probs >= 0.5) == labels).mean())),
+                       "in_lung": att["in_lung"]["mean"], "agreement": att["agreement"]["mean"],
+                       "seconds": round(float(sum(hist.seconds)), 1)}
+                rows.append(row)
+                if on_row is not None:
+                    on_row(row)
+    return summarize_patience(rows, own, variants)
+
+
+PATIENCE_FIGURES = ("val_auc", "val_loss", "val_accuracy", "in_lung", "agreement", "seconds")
+
+
+def summarize_patience(rows: Sequence[dict], own: tuple[int, int], variants: Sequence[str]) -> dict:
+    """Mean and SD of each figure per variant and setting, and each setting's paired
+    difference (by seed) from the profile's own setting."""
+    def key(r):
+        return f"{r['epochs']} epochs x {r['views']} views"
+
+    own_key = f"{own[0]} epochs x {own[1]} views"
+    summary, paired = {}, {}
+    for v in variants:
+        mine = [r for r in rows if r["variant"] == v]
+        by = {}
+        for r in mine:
+            by.setdefault(key(r), []).append(r)
+        summary[v] = {k: {f: _metrics.mean_sd([r[f] for r in rs]) for f in PATIENCE_FIGURES} for k, rs in by.items()}
+        ref = {r["seed"]: r for r in by.get(own_key, [])}
+        paired[v] = {}
+        for k, rs in by.items():
+            if k == own_key:
+                continue
+            pairs = [(r, ref[r["seed"]]) for r in rs if r["seed"] in ref]
+            paired[v][k] = {f: _metrics.paired_difference([a[f] for a, _ in pairs], [b[f] for _, b in pairs])
+                            for f in PATIENCE_FIGURES}
+    return {"reference": own_key, "runs": list(rows), "summary": summary, "paired": paired}
+
+
 def view_samples(profile, prep: _data.Prepared, guide: "_distill.Guide", i: int, n: int = 4) -> list[tuple]:
     """``(title, image, map)`` for chapter 04's figure of training image ``i``: the image
     with the guide's map, then ``n`` of the views the student trains on, each with the

@@ -176,3 +176,42 @@ def test_tuning_trains_each_setting_once_and_reads_only_validation(monkeypatch):
     assert calls == [(4.0, 1.0, "mse", "best"), (1.0, 1.0, "mse", "best"), (4.0, 3.0, "mse", "best"),
                      (4.0, 1.0, "at", "best")]
     assert [r["val_auc"] for r in rows] == [0.75] * 4 and all("test" not in k for r in rows for k in r)
+
+
+def test_patience_study_pairs_settings_by_seed_and_reads_only_validation(monkeypatch, tmp_path):
+    """Every variant trains with the profile's own (epochs, views) and each grid setting,
+    once per seed; the profile's own reuses chapter 04's folder, the others go to
+    students/patience/; only the validation part is read; differences are paired by seed."""
+    calls, parts = [], []
+    prof = get_profile("quick", student_epochs=15, guide_views=6).replace(data_dir=tmp_path)
+
+    class Hist:
+        def __init__(self, epochs):
+            self.best_epoch, self.seconds = epochs // 2, [1.0] * epochs
+            self.final = {"val_auc": 0.70 + epochs / 1000, "val_loss": 0.5}
+
+    def fake_train_student(p, variant, prep, progress=False, seed=0, ckpt_dir=None):
+        calls.append((variant, p.student_epochs, p.guide_views, seed, None if ckpt_dir is None else ckpt_dir.name))
+        return p.student_epochs, Hist(p.student_epochs), None
+
+    recs = [Record(key=f"k{i}", path=tmp_path / f"{i}.png", dataset="shenzhen", label=i % 2, patient_id=str(i))
+            for i in range(4)]
+    monkeypatch.setattr(pipeline, "train_student", fake_train_student)
+    monkeypatch.setattr(pipeline, "classifier_records", lambda p, prep, part: parts.append(part) or recs)
+    monkeypatch.setattr(pipeline, "classifier_dataset", lambda p, prep, arch, part: parts.append(part) or part)
+    monkeypatch.setattr(pipeline, "lung_masks", lambda p, r, size, what: np.ones((4, 8, 8), bool))
+    monkeypatch.setattr(pipeline, "guide_for_part", lambda p, prep, g, part: parts.append(part) or
+                        type("G", (), {"cams": np.random.default_rng(0).random((4, 8, 8), dtype=np.float32)})())
+    monkeypatch.setattr(pipeline._train, "predict", lambda model, ds, device=None: (
+        np.array([0.2, 0.8, 0.4, 0.6]) if model > 15 else np.array([0.6, 0.4, 0.4, 0.6]), np.array([0, 1, 0, 1])))
+    monkeypatch.setattr(pipeline, "student_maps", lambda p, model, prep, part: (
+        parts.append(part) or np.random.default_rng(model).random((4, 8, 8), dtype=np.float32), recs))
+    out = pipeline.patience_study(prof, prep=None, seeds=[0, 1], variants=("kd",), grid=((40, 12), (15, 6)))
+    assert set(parts) == {"val"}
+    assert calls == [("kd", 15, 6, 0, None), ("kd", 40, 12, 0, "kd-e40-v12-seed0"),
+                     ("kd", 15, 6, 1, None), ("kd", 40, 12, 1, "kd-e40-v12-seed1")]
+    assert out["reference"] == "15 epochs x 6 views"
+    d = out["paired"]["kd"]["40 epochs x 12 views"]
+    assert d["val_auc"]["mean"] == pytest.approx(0.025) and d["val_auc"]["n"] == 2
+    assert d["val_accuracy"]["mean"] == pytest.approx(0.5)  # 1.0 against 0.5 in both seeds
+    assert out["summary"]["kd"]["15 epochs x 6 views"]["seconds"]["mean"] == 15
