@@ -989,8 +989,8 @@ def patience_study(profile, prep: _data.Prepared, seeds: Sequence[int], variants
     guide_val = guide_for_part(profile, prep, "best", "val")
     val_ds = classifier_dataset(profile, prep, profile.student, "val")
     rows = []
-    for seed in seeds:
-        for v in variants:
+    for v in variants:  # variant by variant: a stopped study has whole comparisons of the first ones
+        for seed in seeds:
             for epochs, views in settings:
                 p = profile.replace(student_epochs=int(epochs), guide_views=int(views))
                 ckpt = None if (epochs, views) == own else \
