@@ -967,14 +967,28 @@ def tune_student(profile, prep: _data.Prepared, grid: Sequence[dict] = TUNING_GR
 PATIENCE_GRID = ((60, 16),)
 
 
+def _student_val_row(p, model, hist, val_ds, lungs: np.ndarray, guide_maps: np.ndarray, prep) -> dict:
+    """A trained student's **validation** figures for the studies below: the kept epoch's
+    AUC and cross-entropy, the accuracy at P(TB) 0.5, the in-lung share of its Grad-CAM
+    maps and their agreement with ``guide_maps``, and its training time."""
+    probs, labels = _train.predict(model, val_ds, device=torch_device(p.device))
+    maps, _ = student_maps(p, model, prep, "val")
+    att = attention_figures(maps, lungs, np.zeros_like(lungs), guide_maps, n_boot=0)
+    f = hist.final or {}
+    return {"best_epoch": hist.best_epoch, "val_auc": _num(f.get("val_auc", float("nan"))),
+            "val_loss": _num(f.get("val_loss", float("nan"))),
+            "val_accuracy": _num(float(((probs >= 0.5) == labels).mean())),
+            "in_lung": att["in_lung"]["mean"], "agreement": att["agreement"]["mean"],
+            "seconds": round(float(sum(hist.seconds)), 1)}
+
+
 def patience_study(profile, prep: _data.Prepared, seeds: Sequence[int], variants: Sequence[str] = ("kd", "kd+cam"),
                    grid: Sequence[tuple[int, int]] = PATIENCE_GRID, on_row=None, progress: bool = False) -> dict:
     """Does the student need more patience? Each ``variant`` trained with the profile's own
     ``(student_epochs, guide_views)`` and with every setting of ``grid``, once per seed
     (the same seed: the same initial weights, so the runs are paired), with the teachers
-    and guide of the fixed split. Only **validation** figures: the kept epoch's AUC and
-    cross-entropy, the accuracy at P(TB) 0.5, the in-lung share of the student's maps
-    and their agreement with the guide's maps. The test split is not read.
+    and guide of the fixed split. Only **validation** figures (:func:`_student_val_row`;
+    agreement with the best teacher's maps). The test split is not read.
 
     The profile's own setting trains where chapter 04's students live (and reuses them);
     the others in ``students/patience/``. ``on_row(row)`` is called after every run (to
@@ -984,8 +998,7 @@ def patience_study(profile, prep: _data.Prepared, seeds: Sequence[int], variants
     own = (profile.student_epochs, profile.guide_views)
     settings = [own] + [tuple(g) for g in grid if tuple(g) != own]
     records = classifier_records(profile, prep, "val")
-    size = profile.size_for(profile.student)
-    lungs = lung_masks(profile, records, size, "lung")
+    lungs = lung_masks(profile, records, profile.size_for(profile.student), "lung")
     guide_val = guide_for_part(profile, prep, "best", "val")
     val_ds = classifier_dataset(profile, prep, profile.student, "val")
     rows = []
@@ -996,16 +1009,8 @@ def patience_study(profile, prep: _data.Prepared, seeds: Sequence[int], variants
                 ckpt = None if (epochs, views) == own else \
                     Path(profile.artifacts) / "students" / "patience" / f"{v}-e{epochs}-v{views}-seed{seed}"
                 model, hist, _ = train_student(p, v, prep, progress=progress, seed=seed, ckpt_dir=ckpt)
-                probs, labels = _train.predict(model, val_ds, device=torch_device(profile.device))
-                maps, _ = student_maps(p, model, prep, "val")
-                att = attention_figures(maps, lungs, np.zeros_like(lungs), guide_val.cams, n_boot=0)
-                f = hist.final or {}
                 row = {"seed": int(seed), "variant": v, "epochs": int(epochs), "views": int(views),
-                       "best_epoch": hist.best_epoch, "val_auc": _num(f.get("val_auc", float("nan"))),
-                       "val_loss": _num(f.get("val_loss", float("nan"))),
-                       "val_accuracy": _num(float(((probs >= 0.5) == labels).mean())),
-                       "in_lung": att["in_lung"]["mean"], "agreement": att["agreement"]["mean"],
-                       "seconds": round(float(sum(hist.seconds)), 1)}
+                       **_student_val_row(p, model, hist, val_ds, lungs, guide_val.cams, prep)}
                 rows.append(row)
                 if on_row is not None:
                     on_row(row)
@@ -1015,29 +1020,106 @@ def patience_study(profile, prep: _data.Prepared, seeds: Sequence[int], variants
 PATIENCE_FIGURES = ("val_auc", "val_loss", "val_accuracy", "in_lung", "agreement", "seconds")
 
 
-def summarize_patience(rows: Sequence[dict], own: tuple[int, int], variants: Sequence[str]) -> dict:
-    """Mean and SD of each figure per variant and setting, and each setting's paired
-    difference (by seed) from the profile's own setting."""
-    def key(r):
-        return f"{r['epochs']} epochs x {r['views']} views"
-
-    own_key = f"{own[0]} epochs x {own[1]} views"
+def summarize_paired(rows: Sequence[dict], key, reference: str, groups: Sequence[str], group: str = "variant",
+                     figures: Sequence[str] = PATIENCE_FIGURES) -> tuple[dict, dict]:
+    """Mean and SD of each figure per group (``row[group]``) and setting (``key(row)``),
+    and each setting's difference from the ``reference`` setting, paired by seed.
+    Returns ``(summary, paired)``."""
     summary, paired = {}, {}
-    for v in variants:
-        mine = [r for r in rows if r["variant"] == v]
+    for v in groups:
         by = {}
-        for r in mine:
-            by.setdefault(key(r), []).append(r)
-        summary[v] = {k: {f: _metrics.mean_sd([r[f] for r in rs]) for f in PATIENCE_FIGURES} for k, rs in by.items()}
-        ref = {r["seed"]: r for r in by.get(own_key, [])}
+        for r in rows:
+            if r[group] == v:
+                by.setdefault(key(r), []).append(r)
+        summary[v] = {k: {f: _metrics.mean_sd([r[f] for r in rs]) for f in figures} for k, rs in by.items()}
+        ref = {r["seed"]: r for r in by.get(reference, [])}
         paired[v] = {}
         for k, rs in by.items():
-            if k == own_key:
+            if k == reference:
                 continue
             pairs = [(r, ref[r["seed"]]) for r in rs if r["seed"] in ref]
             paired[v][k] = {f: _metrics.paired_difference([a[f] for a, _ in pairs], [b[f] for _, b in pairs])
-                            for f in PATIENCE_FIGURES}
+                            for f in figures}
+    return summary, paired
+
+
+def summarize_patience(rows: Sequence[dict], own: tuple[int, int], variants: Sequence[str]) -> dict:
+    """Mean and SD of each figure per variant and setting, and each setting's paired
+    difference (by seed) from the profile's own setting."""
+    own_key = f"{own[0]} epochs x {own[1]} views"
+    summary, paired = summarize_paired(rows, lambda r: f"{r['epochs']} epochs x {r['views']} views", own_key,
+                                       variants)
     return {"reference": own_key, "runs": list(rows), "summary": summary, "paired": paired}
+
+
+#: a guide candidate of :func:`guide_study` besides "best", "fusion" and teacher names: the
+#: teacher whose Grad-CAM maps put the largest share of their mass inside the lungs on the
+#: validation split (:func:`lungs_guide`)
+LUNGS_GUIDE = "lungs"
+
+
+def teacher_val_attention(profile, prep: _data.Prepared, teachers: Sequence[str] | None = None) -> dict[str, float]:
+    """Each teacher's in-lung share on the **validation** split: the mean share of its
+    cached Grad-CAM maps' mass inside the U-Net's lung masks (``cam.mass_in_mask``)."""
+    masks = lung_masks(profile, classifier_records(profile, prep, "val"), profile.image_size, "lung")
+    out = {}
+    for arch in teachers or profile.teachers:
+        maps = np.ascontiguousarray(cam_cache(profile, arch, prep, "val", progress=False).cams, np.float32)
+        out[arch] = _num(float(np.nanmean(_cam.mass_in_mask(maps, masks))))  # maps resized to the masks
+    return out
+
+
+def lungs_guide(profile, prep: _data.Prepared) -> str:
+    """The teacher whose validation maps are most inside the lungs (:func:`teacher_val_attention`;
+    ties: the first in the profile's order)."""
+    att = teacher_val_attention(profile, prep)
+    return max(profile.teachers, key=lambda a: (att[a] if att[a] is not None else -1.0))
+
+
+def guide_study(profile, prep: _data.Prepared, seeds: Sequence[int], guides: Sequence[str] = ("best", "fusion", LUNGS_GUIDE),
+                variants: Sequence[str] = ("kd+cam",), on_row=None, progress: bool = False) -> dict:
+    """Which guide should the student follow? Each ``variant`` trained once per seed with
+    every guide of ``guides`` (``"best"``: the teacher with the best validation AUC;
+    ``"fusion"``: all teachers, weighted by validation AUC; ``"lungs"``: the teacher whose
+    validation maps are most inside the lungs; or a teacher's name), with the profile's
+    own settings and the teachers of the fixed split, the same seed giving the same initial
+    weights (runs paired by seed). Only **validation** figures (:func:`_student_val_row`);
+    agreement is with the student's own guide. The test split is not read.
+
+    "best" reuses chapter 04's students; the others train in ``students/<variant>-<guide>``.
+    Returns ``{"reference": "best", "guides": {name: resolved}, "teachers": {arch: {"val_auc",
+    "val_in_lung"}}, "runs", "summary", "paired"}``, as :func:`patience_study`."""
+    aucs = teacher_val_auc(profile, prep)
+    att = teacher_val_attention(profile, prep)
+    best = next(a for a, w in _distill.teacher_weights(aucs, "best").items() if w > 0)
+    resolved = {g: best if g == "best" else (lungs_guide(profile, prep) if g == LUNGS_GUIDE else g) for g in guides}
+    # a named guide that is the best teacher is the "best" guide: its students are reused
+    train_as = {g: ("best" if r == best else r) for g, r in resolved.items()}
+    records = classifier_records(profile, prep, "val")
+    lungs = lung_masks(profile, records, profile.size_for(profile.student), "lung")
+    val_ds = classifier_dataset(profile, prep, profile.student, "val")
+    guide_maps = {g: guide_for_part(profile, prep, r, "val").cams for g, r in train_as.items()}
+    rows = []
+    for v in variants:
+        for seed in seeds:
+            for g, r in resolved.items():
+                model, hist, _ = train_student(profile, v, prep, guide=train_as[g], progress=progress, seed=seed)
+                row = {"seed": int(seed), "variant": v, "guide": g, "teacher": r,
+                       **_student_val_row(profile, model, hist, val_ds, lungs, guide_maps[g], prep)}
+                rows.append(row)
+                if on_row is not None:
+                    on_row(row)
+    return summarize_guides(rows, list(guides), variants, resolved, aucs, att)
+
+
+def summarize_guides(rows: Sequence[dict], guides: Sequence[str], variants: Sequence[str], resolved: dict,
+                     aucs: dict, att: dict) -> dict:
+    """:func:`guide_study`'s summary: each guide's figures over seeds and its paired
+    difference from the first guide's (``guides[0]``, the reference)."""
+    summary, paired = summarize_paired(rows, lambda r: r["guide"], guides[0], variants)
+    return {"reference": guides[0], "guides": dict(resolved),
+            "teachers": {a: {"val_auc": _num(aucs[a]), "val_in_lung": att.get(a)} for a in aucs},
+            "runs": list(rows), "summary": summary, "paired": paired}
 
 
 def view_samples(profile, prep: _data.Prepared, guide: "_distill.Guide", i: int, n: int = 4) -> list[tuple]:

@@ -215,3 +215,49 @@ def test_patience_study_pairs_settings_by_seed_and_reads_only_validation(monkeyp
     assert d["val_auc"]["mean"] == pytest.approx(0.025) and d["val_auc"]["n"] == 2
     assert d["val_accuracy"]["mean"] == pytest.approx(0.5)  # 1.0 against 0.5 in both seeds
     assert out["summary"]["kd"]["15 epochs x 6 views"]["seconds"]["mean"] == 15
+
+
+def test_guide_study_resolves_guides_on_validation_and_pairs_them_by_seed(monkeypatch, tmp_path):
+    """"lungs" is the teacher whose validation maps are most inside the lungs; a guide that
+    is the best teacher trains as "best" (chapter 04's students, reused); only the
+    validation part is read; each guide's difference from the first is paired by seed."""
+    calls, parts = [], []
+    prof = get_profile("quick", teachers=("densenet121", "resnet18", "vgg16")).replace(data_dir=tmp_path)
+    aucs = {"densenet121": 0.90, "resnet18": 0.80, "vgg16": 0.70}
+    in_lung = {"densenet121": 0.30, "resnet18": 0.40, "vgg16": 0.60}
+
+    class Hist:
+        best_epoch, seconds = 3, [1.0, 1.0]
+
+        def __init__(self, auc):
+            self.final = {"val_auc": auc, "val_loss": 0.5}
+
+    gains = {"best": 0.0, "fusion": 0.01, "vgg16": 0.03}
+
+    def fake_train_student(p, variant, prep, guide="best", progress=False, seed=0):
+        calls.append((variant, guide, seed))
+        return guide, Hist(0.7 + gains[guide] + seed / 100), None
+
+    recs = [Record(key=f"k{i}", path=tmp_path / f"{i}.png", dataset="shenzhen", label=i % 2, patient_id=str(i))
+            for i in range(4)]
+    monkeypatch.setattr(pipeline, "teacher_val_auc", lambda p, prep: dict(aucs))
+    monkeypatch.setattr(pipeline, "teacher_val_attention", lambda p, prep: dict(in_lung))
+    monkeypatch.setattr(pipeline, "train_student", fake_train_student)
+    monkeypatch.setattr(pipeline, "classifier_records", lambda p, prep, part: parts.append(part) or recs)
+    monkeypatch.setattr(pipeline, "classifier_dataset", lambda p, prep, arch, part: parts.append(part) or part)
+    monkeypatch.setattr(pipeline, "lung_masks", lambda p, r, size, what: np.ones((4, 8, 8), bool))
+    monkeypatch.setattr(pipeline, "guide_for_part", lambda p, prep, g, part: parts.append(part) or
+                        type("G", (), {"cams": np.random.default_rng(len(g)).random((4, 8, 8), dtype=np.float32)})())
+    monkeypatch.setattr(pipeline._train, "predict", lambda model, ds, device=None: (
+        np.array([0.2, 0.8, 0.4, 0.6]), np.array([0, 1, 0, 1])))
+    monkeypatch.setattr(pipeline, "student_maps", lambda p, model, prep, part: (
+        parts.append(part) or np.random.default_rng(len(model)).random((4, 8, 8), dtype=np.float32), recs))
+    out = pipeline.guide_study(prof, prep=None, seeds=[0, 1], guides=("best", "fusion", "lungs", "densenet121"))
+    assert set(parts) == {"val"}
+    assert out["guides"] == {"best": "densenet121", "fusion": "fusion", "lungs": "vgg16", "densenet121": "densenet121"}
+    assert calls == [("kd+cam", g, s) for s in (0, 1) for g in ("best", "fusion", "vgg16", "best")]
+    d = out["paired"]["kd+cam"]
+    assert d["lungs"]["val_auc"]["mean"] == pytest.approx(0.03) and d["lungs"]["val_auc"]["n"] == 2
+    assert d["densenet121"]["val_auc"]["mean"] == pytest.approx(0.0)
+    assert out["teachers"]["vgg16"] == {"val_auc": 0.7, "val_in_lung": 0.6}
+    assert [r["teacher"] for r in out["runs"][:3]] == ["densenet121", "fusion", "vgg16"]
