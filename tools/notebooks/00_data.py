@@ -27,7 +27,7 @@ cells = [
     | profile | data | sizes | meant for |
     |---|---|---|---|
     | `quick` | built-in phantoms | tiny images, few epochs | a laptop CPU, minutes, offline |
-    | `real` | NLM Shenzhen + Montgomery (`TBKD_DATA_DIR`) | reduced | a laptop CPU, about an hour |
+    | `real` | NLM Shenzhen + Montgomery (`TBKD_DATA_DIR`) | reduced | a laptop CPU, under two hours |
     | `full` | NLM sets | the paper's (224 px, 299 px for Inception V3) | a GPU |
     """),
     parameters("""
