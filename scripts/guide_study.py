@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 
 def main(argv=None) -> int:
-    from tbkd_helpers import config, data, distill, pipeline, store
+    from tbkd_helpers import config, data, distill, pipeline, reports, store
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="real", choices=tuple(config.PROFILES))
@@ -57,20 +57,15 @@ def main(argv=None) -> int:
     def save(row):
         rows.append(row)
         resolved[row["guide"]] = row["teacher"]
-        print(f"seed {row['seed']} {row['variant']:>6} guide {row['guide']:>8} ({row['teacher']}): "
-              f"val AUC {row['val_auc']}, val accuracy {row['val_accuracy']}, in-lung {row['in_lung']}, "
-              f"agreement {row['agreement']}, kept epoch {row['best_epoch']}, {row['seconds']:.0f} s", flush=True)
+        print(reports.study_row_line(row, f"guide {row['guide']:>8} ({row['teacher']})"), flush=True)
         store.write_json(path, {**head, **pipeline.summarize_guides(rows, args.guides, args.variants, resolved,
                                                                     aucs, att),
                                 "seconds": round(time.time() - t0)})
 
     out = pipeline.guide_study(profile, prep, head["seeds"], args.guides, args.variants, on_row=save,
-                               progress=args.progress)
-    for v, by in out["paired"].items():
-        for k, d in by.items():
-            print(f"{v}: guide {k} minus {out['reference']} (paired by seed, 95 % t interval): " + ", ".join(
-                f"{f} {d[f]['mean']:+.3f}" + (f" [{d[f]['lo']:+.3f}, {d[f]['hi']:+.3f}]" if d[f]["lo"] is not None else "")
-                for f in ("val_auc", "val_accuracy", "in_lung", "agreement") if d[f]["mean"] is not None))
+                               progress=args.progress, aucs=aucs, att=att)
+    for line in reports.study_paired_lines(out, "guide "):
+        print(line)
     print(f"wrote {path}")
     return 0
 

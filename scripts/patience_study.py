@@ -36,7 +36,7 @@ def _setting(text: str) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    from tbkd_helpers import config, data, distill, pipeline, store
+    from tbkd_helpers import config, data, distill, pipeline, reports, store
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="real", choices=tuple(config.PROFILES))
@@ -60,19 +60,14 @@ def main(argv=None) -> int:
 
     def save(row):
         rows.append(row)
-        print(f"seed {row['seed']} {row['variant']:>6} {row['epochs']:>3} epochs x {row['views']:>2} views: "
-              f"val AUC {row['val_auc']}, val accuracy {row['val_accuracy']}, in-lung {row['in_lung']}, "
-              f"agreement {row['agreement']}, kept epoch {row['best_epoch']}, {row['seconds']:.0f} s", flush=True)
+        print(reports.study_row_line(row, f"{row['epochs']:>3} epochs x {row['views']:>2} views"), flush=True)
         store.write_json(path, {**head, **pipeline.summarize_patience(rows, own, args.variants),
                                 "seconds": round(time.time() - t0)})
 
     out = pipeline.patience_study(profile, prep, head["seeds"], args.variants, grid, on_row=save,
                                   progress=args.progress)
-    for v, by in out["paired"].items():
-        for k, d in by.items():
-            print(f"{v}: {k} minus {out['reference']} (paired by seed, 95 % t interval): " + ", ".join(
-                f"{f} {d[f]['mean']:+.3f}" + (f" [{d[f]['lo']:+.3f}, {d[f]['hi']:+.3f}]" if d[f]["lo"] is not None else "")
-                for f in ("val_auc", "val_accuracy", "in_lung", "agreement") if d[f]["mean"] is not None))
+    for line in reports.study_paired_lines(out):
+        print(line)
     print(f"wrote {path}")
     return 0
 

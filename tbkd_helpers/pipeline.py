@@ -1069,19 +1069,21 @@ def teacher_val_attention(profile, prep: _data.Prepared, teachers: Sequence[str]
     return out
 
 
-def lungs_guide(profile, prep: _data.Prepared) -> str:
-    """The teacher whose validation maps are most inside the lungs (:func:`teacher_val_attention`;
-    ties: the first in the profile's order)."""
-    att = teacher_val_attention(profile, prep)
+def lungs_guide(profile, prep: _data.Prepared, att: dict[str, float] | None = None) -> str:
+    """The teacher whose validation maps are most inside the lungs (``att``, default
+    :func:`teacher_val_attention`; ties: the first in the profile's order)."""
+    att = att if att is not None else teacher_val_attention(profile, prep)
     return max(profile.teachers, key=lambda a: (att[a] if att[a] is not None else -1.0))
 
 
 def guide_study(profile, prep: _data.Prepared, seeds: Sequence[int], guides: Sequence[str] = ("best", "fusion", LUNGS_GUIDE),
-                variants: Sequence[str] = ("kd+cam",), on_row=None, progress: bool = False) -> dict:
+                variants: Sequence[str] = ("kd+cam",), on_row=None, progress: bool = False,
+                aucs: dict[str, float] | None = None, att: dict[str, float] | None = None) -> dict:
     """Which guide should the student follow? Each ``variant`` trained once per seed with
     every guide of ``guides`` (``"best"``: the teacher with the best validation AUC;
     ``"fusion"``: all teachers, weighted by validation AUC; ``"lungs"``: the teacher whose
-    validation maps are most inside the lungs; or a teacher's name), with the profile's
+    validation maps are most inside the lungs; or a teacher's name; ``aucs`` and ``att``, the
+    teachers' validation AUCs and in-lung shares, when the caller has them), with the profile's
     own settings and the teachers of the fixed split, the same seed giving the same initial
     weights (runs paired by seed). Only **validation** figures (:func:`_student_val_row`);
     agreement is with the student's own guide. The test split is not read.
@@ -1089,10 +1091,10 @@ def guide_study(profile, prep: _data.Prepared, seeds: Sequence[int], guides: Seq
     "best" reuses chapter 04's students; the others train in ``students/<variant>-<guide>``.
     Returns ``{"reference": "best", "guides": {name: resolved}, "teachers": {arch: {"val_auc",
     "val_in_lung"}}, "runs", "summary", "paired"}``, as :func:`patience_study`."""
-    aucs = teacher_val_auc(profile, prep)
-    att = teacher_val_attention(profile, prep)
+    aucs = aucs if aucs is not None else teacher_val_auc(profile, prep)
+    att = att if att is not None else teacher_val_attention(profile, prep)
     best = next(a for a, w in _distill.teacher_weights(aucs, "best").items() if w > 0)
-    resolved = {g: best if g == "best" else (lungs_guide(profile, prep) if g == LUNGS_GUIDE else g) for g in guides}
+    resolved = {g: best if g == "best" else (lungs_guide(profile, prep, att) if g == LUNGS_GUIDE else g) for g in guides}
     # a named guide that is the best teacher is the "best" guide: its students are reused
     train_as = {g: ("best" if r == best else r) for g, r in resolved.items()}
     records = classifier_records(profile, prep, "val")

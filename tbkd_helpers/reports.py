@@ -282,15 +282,34 @@ def format_spread(s: dict, pct: bool, digits: int = 1) -> str:
     return f"{f * s['mean']:.{d}f} ± {f * (s['sd'] or 0):.{d}f}" + (" %" if pct else "")
 
 
-def format_diff(d: dict, pct: bool) -> str:
+def format_diff(d: dict, pct: bool, digits: int | None = None) -> str:
     """``"+0.5 pt [-4.9, +5.9]"`` (``pct``) or ``"+0.13 [+0.07, +0.20]"``: a paired difference with
-    its interval (``metrics.paired_difference``); ``"n/a"`` without one."""
+    its interval (``metrics.paired_difference``); ``"n/a"`` without one. ``digits``: other
+    decimals than 1 (points) or 2."""
     if d.get("mean") is None:
         return "n/a"
     f, unit, dg = (100.0, " pt", 1) if pct else (1.0, "", 2)
+    dg = dg if digits is None else digits
     if d.get("lo") is None:
         return f"{f * d['mean']:+.{dg}f}{unit}"
     return f"{f * d['mean']:+.{dg}f}{unit} [{f * d['lo']:+.{dg}f}, {f * d['hi']:+.{dg}f}]"
+
+
+STUDY_FIGURES = ("val_auc", "val_accuracy", "in_lung", "agreement")
+
+
+def study_row_line(row: dict, setting: str) -> str:
+    """One student of a validation study (``pipeline.patience_study``, ``guide_study``), a line."""
+    return (f"seed {row['seed']} {row['variant']:>6} {setting}: val AUC {row['val_auc']}, val accuracy "
+            f"{row['val_accuracy']}, in-lung {row['in_lung']}, agreement {row['agreement']}, "
+            f"kept epoch {row['best_epoch']}, {row['seconds']:.0f} s")
+
+
+def study_paired_lines(out: dict, label: str = "") -> list[str]:
+    """A study's paired differences from its reference setting, a line per variant and setting."""
+    return [f"{v}: {label}{k} minus {out['reference']} (paired by seed, 95 % t interval): " + ", ".join(
+                f"{f} {format_diff(d[f], False, digits=3)}" for f in STUDY_FIGURES if d[f]["mean"] is not None)
+            for v, by in out["paired"].items() for k, d in by.items()]
 
 
 def seeds_table(seeds: dict, dataset: str = "all"):

@@ -261,3 +261,19 @@ def test_guide_study_resolves_guides_on_validation_and_pairs_them_by_seed(monkey
     assert d["densenet121"]["val_auc"]["mean"] == pytest.approx(0.0)
     assert out["teachers"]["vgg16"] == {"val_auc": 0.7, "val_in_lung": 0.6}
     assert [r["teacher"] for r in out["runs"][:3]] == ["densenet121", "fusion", "vgg16"]
+
+
+def test_study_lines_say_each_run_and_each_paired_difference():
+    """The two study scripts print through reports: a line per run, a line per paired setting."""
+    from tbkd_helpers import reports
+
+    rows = [{"seed": s, "variant": "kd", "epochs": e, "views": 4, "best_epoch": 3, "val_auc": 0.7 + e / 1000 + s / 100,
+             "val_loss": 0.5, "val_accuracy": 0.6, "in_lung": 0.4, "agreement": 0.2, "seconds": 12.4}
+            for s in (0, 1) for e in (20, 40)]
+    out = pipeline.summarize_patience(rows, (20, 4), ["kd"])
+    assert reports.study_row_line(rows[0], "20 epochs x 4 views") == (
+        "seed 0     kd 20 epochs x 4 views: val AUC 0.72, val accuracy 0.6, in-lung 0.4, agreement 0.2, "
+        "kept epoch 3, 12 s")
+    lines = reports.study_paired_lines(out, "setting ")
+    assert len(lines) == 1 and lines[0].startswith("kd: setting 40 epochs x 4 views minus 20 epochs x 4 views")
+    assert "val_auc +0.020" in lines[0]
