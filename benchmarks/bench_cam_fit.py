@@ -31,8 +31,9 @@ def fit_one_batch(profile, prep, orders, steps: int = 60, batch: int = 16) -> di
     views = pipeline.guide_views(profile, prep)
     build = (lambda a: pipeline.view_cache(profile, a, prep, progress=False)) if views is not None else \
         (lambda a: pipeline.cam_cache(profile, a, prep, "train", progress=False))
-    caches = {a: build(a) for a, w in distill.teacher_weights(aucs, "best").items() if w > 0}
-    guide = distill.make_guide(caches, aucs, "best")
+    mode = pipeline.guide_mode(profile, prep)  # the profile's guide
+    caches = {a: build(a) for a, w in distill.teacher_weights(aucs, mode).items() if w > 0}
+    guide = distill.make_guide(caches, aucs, mode)
     ds = distill.DistillDataset(pipeline.classifier_dataset(profile, prep, profile.student, "train"), guide,
                                 augment=True, views=views)
     torch.manual_seed(profile.seed)

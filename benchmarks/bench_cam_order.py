@@ -39,7 +39,7 @@ def run(profile, prep, seeds, progress: bool = False) -> dict:
     size = profile.size_for(profile.student)
     lungs = pipeline.lung_masks(profile, records, size, "lung")
     lesions = pipeline.lung_masks(profile, records, size, "lesion")
-    guide = pipeline.guide_for_part(profile, prep, "best", "val")
+    guide = pipeline.guide_for_part(profile, prep, None, "val")  # the profile's guide
     runs = {o: [] for o in distill.CAM_ORDERS}
     for seed in seeds:
         for order in distill.CAM_ORDERS:

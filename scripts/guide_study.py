@@ -4,8 +4,8 @@
         [--variants kd+cam] [--guides best fusion lungs]
 
 The map term teaches the student to look where its guide looks, so the guide's maps set
-where the student can look. Chapter 04's guide is the teacher with the best validation AUC
-(``best``); this script trains each ``--variants`` student once per seed with every
+where the student can look. Chapter 04's guide follows the profile's rule (``Profile.guide``:
+``best`` on quick, ``lungs`` on real); this script trains each ``--variants`` student once per seed with every
 ``--guides`` (``best``; ``fusion``, all teachers weighted by validation AUC; ``lungs``,
 the teacher whose validation maps are most inside the lungs; or a teacher's name), with
 the teachers of the fixed split, and reports **validation** figures only, each guide's

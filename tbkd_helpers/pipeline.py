@@ -343,9 +343,12 @@ def teacher_val_auc(profile, prep: _data.Prepared, teachers: Sequence[str] | Non
 
 # --------------------------------------------------------------------------- stage 4
 
-def student_dir(profile, variant: str, guide: str = "best", cam_loss: str = "mse", seed: int | None = None) -> Path:
+def student_dir(profile, variant: str, guide: str | None = None, cam_loss: str = "mse",
+                seed: int | None = None) -> Path:
     """Where a student's run lives: ``students/<variant>[-<guide>[-<loss>]][-seed<k>]``
-    (no seed suffix for the profile's own seed)."""
+    (``guide`` as given, default the profile's rule, e.g. ``kd+cam-lungs``; no seed suffix
+    for the profile's own seed)."""
+    guide = profile.guide if guide is None else guide
     name = variant if variant == "ce" else f"{variant}-{guide}" + ("" if cam_loss == "mse" or "cam" not in variant
                                                                      else f"-{cam_loss}")
     if seed is not None and seed != profile.seed:
@@ -370,8 +373,16 @@ def distill_code_digest() -> str:
     return store.settings_digest({"source": [inspect.getsource(f) for f in parts]})
 
 
+def guide_mode(profile, prep: _data.Prepared, guide: str | None = None) -> str:
+    """The guide a student follows, in the terms of ``distill.teacher_weights``: ``guide``
+    (default: the profile's rule, ``profile.guide``), with ``"lungs"`` resolved to the teacher
+    whose validation maps lie most inside the lungs (:func:`lungs_guide`)."""
+    guide = profile.guide if guide is None else guide
+    return lungs_guide(profile, prep) if guide == LUNGS_GUIDE else guide
+
+
 def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None = None,
-                  guide: str = "best", cam_loss: str = "mse", progress: bool = True, seed: int | None = None,
+                  guide: str | None = None, cam_loss: str = "mse", progress: bool = True, seed: int | None = None,
                   ckpt_dir: Path | None = None):
     """Train (or load) a student: "ce", "kd", "cam" or "kd+cam" (see ``distill``).
 
@@ -381,7 +392,8 @@ def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None 
     student trains on (:func:`view_cache`). ``seed`` (default: the profile's) sets the
     student's initial weights, shuffling and view draws; the teachers stay the same.
     ``ckpt_dir`` (default :func:`student_dir`) holds a run trained with other loss weights
-    than the profile's (``scripts/tune_student.py``).
+    than the profile's (``scripts/tune_student.py``). ``guide``: :func:`guide_mode`'s
+    (default: the profile's rule).
     Returns ``(model, History, Guide or None)``.
     """
     prep = prep or _data.prepare(profile, progress=progress)
@@ -397,11 +409,12 @@ def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None 
                        extra={"variant": variant, **code}, seed=seed)
         return m, hist, None
     aucs = teacher_val_auc(profile, prep)
+    mode = guide_mode(profile, prep, guide)
     views = guide_views(profile, prep)
     build = (lambda a: view_cache(profile, a, prep, progress=progress)) if views is not None else \
         (lambda a: cam_cache(profile, a, prep, "train", progress=progress))
-    caches = {a: build(a) for a, w in _distill.teacher_weights(aucs, guide).items() if w > 0}
-    g = _distill.make_guide(caches, aucs, guide)
+    caches = {a: build(a) for a, w in _distill.teacher_weights(aucs, mode).items() if w > 0}
+    g = _distill.make_guide(caches, aucs, mode)
     base = classifier_dataset(profile, prep, arch, "train")
     train_ds = _distill.DistillDataset(base, g, augment=True, views=views)
     layer = _models.target_layer(model, arch, stride=profile.cam_stride)
@@ -653,19 +666,20 @@ def lagging_bn(model: torch.nn.Module, ds, steps: int, momentum: float = 0.01, b
 ABLATION_METRICS = ("accuracy", "auc", "sensitivity", "specificity", "f1")
 
 
-def guide_for_part(profile, prep: _data.Prepared, guide: str = "best", part: str = "test",
+def guide_for_part(profile, prep: _data.Prepared, guide: str | None = None, part: str = "test",
                    progress: bool = False) -> _distill.Guide:
-    """The guide of :func:`train_student` (``distill.make_guide``: the best teacher's maps
-    and logits, or the validation-weighted fusion) on any split part, from the stage-3
+    """The guide of :func:`train_student` (``distill.make_guide`` for :func:`guide_mode`'s
+    guide: one teacher's maps and logits, or the validation-weighted fusion) on any split part, from the stage-3
     caches (built, and teachers trained, when missing). On ``"test"`` it is what the
     students' maps are compared with; the students never see it while training."""
     for arch in profile.teachers:
         if not (teacher_dir(profile, arch) / "done.json").is_file():
             train_teacher(profile, arch, prep, progress=progress)
     aucs = teacher_val_auc(profile, prep)
+    mode = guide_mode(profile, prep, guide)
     caches = {a: cam_cache(profile, a, prep, part, progress=progress)
-              for a, w in _distill.teacher_weights(aucs, guide).items() if w > 0}
-    return _distill.make_guide(caches, aucs, guide)
+              for a, w in _distill.teacher_weights(aucs, mode).items() if w > 0}
+    return _distill.make_guide(caches, aucs, mode)
 
 
 def _num(v, ndigits: int = 4):
@@ -757,7 +771,7 @@ def attention_chance(lungs, lesions) -> dict:
     return {"in_lung": _num(area(lungs).mean()), "pointing": les, "lesion_share": les, "agreement": 0.0}
 
 
-def attention_report(profile, prep: _data.Prepared, models: dict, guide: str = "best", part: str = "test",
+def attention_report(profile, prep: _data.Prepared, models: dict, guide: str | None = None, part: str = "test",
                      n_boot: int = 1000) -> dict:
     """:func:`attention_figures` of every model on ``part``: ``models`` is ``{name: (model,
     arch)}``. Returns ``{"guide", "part", "n_images", "chance", "models": {name: figures}}``;
@@ -782,7 +796,7 @@ def attention_report(profile, prep: _data.Prepared, models: dict, guide: str = "
             "chance": attention_chance(masks[size][1], masks[size][2]), "models": out}
 
 
-def guide_predictions(profile, prep: _data.Prepared, guide: str = "best",
+def guide_predictions(profile, prep: _data.Prepared, guide: str | None = None,
                       parts: Sequence[str] = ("val", "test")) -> dict:
     """The guide's P(TB) on ``parts``, in :func:`predictions`' format (so that
     :func:`evaluate` scores it like any model): the softmax of its cached logits, i.e.
@@ -811,7 +825,7 @@ def _score(preds: dict, maps, guide: _distill.Guide, records, profile, rule: str
             "probs": np.array([by_key[r.key] for r in records], float), "threshold": rows[0]["threshold"]}
 
 
-def score_student(profile, prep: _data.Prepared, model, variant: str, guide: str = "best",
+def score_student(profile, prep: _data.Prepared, model, variant: str, guide: str | None = None,
                   cam_loss: str = "mse", rule: str = "youden", n_boot: int = 1000) -> dict:
     """What the ablation reports of one trained student (:func:`train_student`'s
     ``variant``, ``guide``, ``cam_loss``), on the test split:
@@ -828,7 +842,7 @@ def score_student(profile, prep: _data.Prepared, model, variant: str, guide: str
     return _score(preds, maps, guide_for_part(profile, prep, guide, "test"), records, profile, rule, n_boot)
 
 
-def score_guide(profile, prep: _data.Prepared, guide: str = "best", rule: str = "youden",
+def score_guide(profile, prep: _data.Prepared, guide: str | None = None, rule: str = "youden",
                 n_boot: int = 1000) -> dict:
     """:func:`score_student`'s dict for the guide itself (its cached test maps and the
     softmax of its cached logits, :func:`guide_predictions`): the row the students are
@@ -864,7 +878,7 @@ def seed_list(profile, n: int) -> list[int]:
 
 
 def student_seeds(profile, prep: _data.Prepared, seeds: Sequence[int], variants: Sequence[str] = _distill.VARIANTS,
-                  guide: str = "best", cam_loss: str = "mse", reference: str = "ce", rule: str = "youden",
+                  guide: str | None = None, cam_loss: str = "mse", reference: str = "ce", rule: str = "youden",
                   progress: bool = False) -> dict:
     """Every student variant trained once per seed, on the same split with the same
     teachers (trained once: retraining five teachers per seed or fold costs too much), and
@@ -915,7 +929,7 @@ def student_seeds(profile, prep: _data.Prepared, seeds: Sequence[int], variants:
                                                                      [r["attention"][k] for r in ref])
                                        for k in SEED_ATTENTION}}
     return {"seeds": seeds, "variants": list(variants), "reference": reference, "guide": g_test.source,
-            "guide_mode": guide, "cam_loss": cam_loss, "guide_views": profile.guide_views,
+            "guide_mode": profile.guide if guide is None else guide, "cam_loss": cam_loss, "guide_views": profile.guide_views,
             "teachers": "trained once, on the fixed split, with the profile's seed",
             "runs": runs, "summary": summary, "attention": attention, "paired": paired}
 
@@ -947,9 +961,9 @@ def tune_student(profile, prep: _data.Prepared, grid: Sequence[dict] = TUNING_GR
     out = []
     for i, change in enumerate(grid):
         change = dict(change)
-        cam_loss, guide = change.pop("cam_loss", "mse"), change.pop("guide", "best")
+        cam_loss, guide = change.pop("cam_loss", "mse"), change.pop("guide", profile.guide)
         p = profile.replace(**change)
-        if i > 0 and p == profile and (cam_loss, guide) == ("mse", "best"):
+        if i > 0 and p == profile and (cam_loss, guide) == ("mse", profile.guide):
             continue  # the profile's defaults: already the first run
         _, hist, _ = train_student(p, variant, prep, guide=guide, cam_loss=cam_loss, progress=progress,
                                    ckpt_dir=Path(profile.artifacts) / "students" / "tuning" / f"{i}")
@@ -988,7 +1002,7 @@ def patience_study(profile, prep: _data.Prepared, seeds: Sequence[int], variants
     ``(student_epochs, guide_views)`` and with every setting of ``grid``, once per seed
     (the same seed: the same initial weights, so the runs are paired), with the teachers
     and guide of the fixed split. Only **validation** figures (:func:`_student_val_row`;
-    agreement with the best teacher's maps). The test split is not read.
+    agreement with the maps of the profile's guide). The test split is not read.
 
     The profile's own setting trains where chapter 04's students live (and reuses them);
     the others in ``students/patience/``. ``on_row(row)`` is called after every run (to
@@ -999,7 +1013,7 @@ def patience_study(profile, prep: _data.Prepared, seeds: Sequence[int], variants
     settings = [own] + [tuple(g) for g in grid if tuple(g) != own]
     records = classifier_records(profile, prep, "val")
     lungs = lung_masks(profile, records, profile.size_for(profile.student), "lung")
-    guide_val = guide_for_part(profile, prep, "best", "val")
+    guide_val = guide_for_part(profile, prep, None, "val")
     val_ds = classifier_dataset(profile, prep, profile.student, "val")
     rows = []
     for v in variants:  # variant by variant: a stopped study has whole comparisons of the first ones
@@ -1060,13 +1074,21 @@ LUNGS_GUIDE = "lungs"
 
 def teacher_val_attention(profile, prep: _data.Prepared, teachers: Sequence[str] | None = None) -> dict[str, float]:
     """Each teacher's in-lung share on the **validation** split: the mean share of its
-    cached Grad-CAM maps' mass inside the U-Net's lung masks (``cam.mass_in_mask``)."""
-    masks = lung_masks(profile, classifier_records(profile, prep, "val"), profile.image_size, "lung")
-    out = {}
-    for arch in teachers or profile.teachers:
-        maps = np.ascontiguousarray(cam_cache(profile, arch, prep, "val", progress=False).cams, np.float32)
-        out[arch] = _num(float(np.nanmean(_cam.mass_in_mask(maps, masks))))  # maps resized to the masks
-    return out
+    cached Grad-CAM maps' mass inside the U-Net's lung masks (``cam.mass_in_mask``). Kept in
+    memory for the caches it was computed from (every student of a ``"lungs"`` profile asks)."""
+    teachers = tuple(teachers or profile.teachers)
+    caches = {a: cam_cache(profile, a, prep, "val", progress=False) for a in teachers}
+    memo_key = (str(profile.artifacts), profile.image_size, store.file_sha256(prep.split_path),
+                tuple((a, c.key.get("checkpoint_sha256")) for a, c in caches.items()))
+    if memo_key not in _VAL_ATTENTION:
+        masks = lung_masks(profile, classifier_records(profile, prep, "val"), profile.image_size, "lung")
+        _VAL_ATTENTION[memo_key] = {
+            a: _num(float(np.nanmean(_cam.mass_in_mask(np.ascontiguousarray(c.cams, np.float32), masks))))
+            for a, c in caches.items()}  # maps resized to the masks
+    return dict(_VAL_ATTENTION[memo_key])
+
+
+_VAL_ATTENTION: dict = {}
 
 
 def lungs_guide(profile, prep: _data.Prepared, att: dict[str, float] | None = None) -> str:
@@ -1088,15 +1110,16 @@ def guide_study(profile, prep: _data.Prepared, seeds: Sequence[int], guides: Seq
     weights (runs paired by seed). Only **validation** figures (:func:`_student_val_row`);
     agreement is with the student's own guide. The test split is not read.
 
-    "best" reuses chapter 04's students; the others train in ``students/<variant>-<guide>``.
+    Each guide trains in ``students/<variant>-<guide>`` (:func:`student_dir`; a guide that is
+    the best teacher reuses the "best" students), so the profile's own guide reuses chapter 04's.
     Returns ``{"reference": "best", "guides": {name: resolved}, "teachers": {arch: {"val_auc",
     "val_in_lung"}}, "runs", "summary", "paired"}``, as :func:`patience_study`."""
     aucs = aucs if aucs is not None else teacher_val_auc(profile, prep)
     att = att if att is not None else teacher_val_attention(profile, prep)
     best = next(a for a, w in _distill.teacher_weights(aucs, "best").items() if w > 0)
     resolved = {g: best if g == "best" else (lungs_guide(profile, prep, att) if g == LUNGS_GUIDE else g) for g in guides}
-    # a named guide that is the best teacher is the "best" guide: its students are reused
-    train_as = {g: ("best" if r == best else r) for g, r in resolved.items()}
+    # a guide that resolves to the best teacher is the "best" guide: its students are reused
+    train_as = {g: ("best" if r == best else g) for g, r in resolved.items()}
     records = classifier_records(profile, prep, "val")
     lungs = lung_masks(profile, records, profile.size_for(profile.student), "lung")
     val_ds = classifier_dataset(profile, prep, profile.student, "val")

@@ -100,6 +100,23 @@ def test_seed_dirs_and_seed_list():
     assert pipeline.student_dir(prof, "ce", seed=7).name == "ce-seed7"
 
 
+def test_guide_mode_follows_the_profile_rule_and_resolves_lungs_on_validation(monkeypatch):
+    """The guide defaults to the profile's rule; "lungs" becomes the teacher whose validation
+    maps are most inside the lungs (ties: the profile's order); the run folders carry the rule."""
+    quick, real = get_profile("quick"), get_profile("real", data_dir="/nonexistent")
+    assert quick.guide == "best" and real.guide == "lungs"
+    in_lung = {"densenet121": 0.37, "inception_v3": 0.36, "resnet18": 0.40, "mobilenet_v3_large": 0.35,
+               "vgg16_bn": 0.52}
+    monkeypatch.setattr(pipeline, "teacher_val_attention", lambda p, prep: dict(in_lung))
+    assert pipeline.guide_mode(real, None) == "vgg16_bn"
+    assert pipeline.guide_mode(real, None, "fusion") == "fusion"
+    assert pipeline.guide_mode(quick, None) == "best"
+    assert pipeline.guide_mode(quick.replace(teachers=real.teachers), None, "lungs") == "vgg16_bn"
+    assert pipeline.lungs_guide(real, None, {**in_lung, "resnet18": 0.52}) == "resnet18"  # first in order
+    assert pipeline.student_dir(real, "kd+cam").name == "kd+cam-lungs"
+    assert pipeline.student_dir(real, "kd", "best", seed=2).name == "kd-best-seed2"
+
+
 def _seed_result(acc_ce, acc_kc):
     def run(seed, acc):
         return {"seed": seed, "best_epoch": 1, "val_auc": 0.8,
@@ -218,8 +235,8 @@ def test_patience_study_pairs_settings_by_seed_and_reads_only_validation(monkeyp
 
 
 def test_guide_study_resolves_guides_on_validation_and_pairs_them_by_seed(monkeypatch, tmp_path):
-    """"lungs" is the teacher whose validation maps are most inside the lungs; a guide that
-    is the best teacher trains as "best" (chapter 04's students, reused); only the
+    """"lungs" is the teacher whose validation maps are most inside the lungs, trained under its
+    own name; a guide that is the best teacher trains as "best" (chapter 04's students, reused); only the
     validation part is read; each guide's difference from the first is paired by seed."""
     calls, parts = [], []
     prof = get_profile("quick", teachers=("densenet121", "resnet18", "vgg16")).replace(data_dir=tmp_path)
@@ -232,7 +249,7 @@ def test_guide_study_resolves_guides_on_validation_and_pairs_them_by_seed(monkey
         def __init__(self, auc):
             self.final = {"val_auc": auc, "val_loss": 0.5}
 
-    gains = {"best": 0.0, "fusion": 0.01, "vgg16": 0.03}
+    gains = {"best": 0.0, "fusion": 0.01, "lungs": 0.03}
 
     def fake_train_student(p, variant, prep, guide="best", progress=False, seed=0):
         calls.append((variant, guide, seed))
@@ -255,7 +272,7 @@ def test_guide_study_resolves_guides_on_validation_and_pairs_them_by_seed(monkey
     out = pipeline.guide_study(prof, prep=None, seeds=[0, 1], guides=("best", "fusion", "lungs", "densenet121"))
     assert set(parts) == {"val"}
     assert out["guides"] == {"best": "densenet121", "fusion": "fusion", "lungs": "vgg16", "densenet121": "densenet121"}
-    assert calls == [("kd+cam", g, s) for s in (0, 1) for g in ("best", "fusion", "vgg16", "best")]
+    assert calls == [("kd+cam", g, s) for s in (0, 1) for g in ("best", "fusion", "lungs", "best")]
     d = out["paired"]["kd+cam"]
     assert d["lungs"]["val_auc"]["mean"] == pytest.approx(0.03) and d["lungs"]["val_auc"]["n"] == 2
     assert d["densenet121"]["val_auc"]["mean"] == pytest.approx(0.0)

@@ -39,7 +39,7 @@ cells = [
     PROFILE = "quick"       # quick | real | full
     DATA_DIR = None         # None: phantoms (quick) or $TBKD_DATA_DIR (real/full)
     SEED = 0                # every random choice derives from it
-    GUIDE = "best"          # whose maps guide: "best" (best teacher on validation), "fusion", or a teacher's name
+    GUIDE = None            # whose maps guide: None (the profile rule), best, fusion, lungs or a teacher name
     CAM_LOSS = "mse"        # the map term D: "mse", "l1" or "at" (attention transfer)
     N_BOOT = 1000           # bootstrap resamples behind each 95 % confidence interval
     RULE = "youden"         # threshold rule, applied on the validation split
@@ -61,7 +61,7 @@ cells = [
     print(f"profile {profile.name!r}: student {profile.student}, {profile.image_size} px, "
           f"{profile.student_epochs} epochs, batch {profile.batch_size}")
     print(f"loss weights: alpha = {profile.kd_alpha:g} (soft predictions, T = {profile.kd_temperature:g}), "
-          f"beta = {profile.cam_beta:g} (maps, {CAM_LOSS!r}); guide: {GUIDE!r}")
+          f"beta = {profile.cam_beta:g} (maps, {CAM_LOSS!r}); guide rule: {GUIDE or profile.guide!r}")
     """, check=True),
     md(r"""
     ## The loss, term by term
@@ -156,23 +156,42 @@ cells = [
 
     - `"best"`: the teacher with the highest validation AUC guides alone;
     - `"fusion"`: every teacher's map and logits, averaged with weights $\\max(\\mathrm{AUC} - 0.5, 0)$
-      normalised to sum to 1 — a teacher at chance level has no say.
+      normalised to sum to 1 — a teacher at chance level has no say;
+    - `"lungs"`: the teacher whose Grad-CAM maps of the validation images put the largest share of
+      their mass inside the lungs (chapter 03's in-lung share, measured here on validation) guides
+      alone — the teacher that looks where a radiologist would, rather than the one that scores best.
+
+    Each profile declares its rule (`profile.guide`); `GUIDE` in the parameters cell overrides it.
     """),
     code("""
     for arch in profile.teachers:
         tk.pipeline.train_teacher(profile, arch, prep, progress=PROGRESS)
     val_auc = tk.pipeline.teacher_val_auc(profile, prep)
+    val_in_lung = tk.pipeline.teacher_val_attention(profile, prep)
     weights = {mode: tk.distill.teacher_weights(val_auc, mode) for mode in ("best", "fusion")}
+    rule = GUIDE or profile.guide
+    mode = tk.pipeline.guide_mode(profile, prep, GUIDE)
     """),
     code("""
-    print(f"{'teacher':>18}  val AUC  weight 'best'  weight 'fusion'")
+    print(f"{'teacher':>18}  val AUC  val in-lung  weight 'best'  weight 'fusion'")
     for arch in profile.teachers:
-        print(f"{arch:>18}  {val_auc[arch]:7.3f}  {weights['best'][arch]:13.2f}  {weights['fusion'][arch]:15.2f}")
+        print(f"{arch:>18}  {val_auc[arch]:7.3f}  {val_in_lung[arch]:11.2f}  {weights['best'][arch]:13.2f}"
+              f"  {weights['fusion'][arch]:15.2f}")
+    print(f"this profile's rule: {rule!r}, which picks {mode!r}")
     """),
     md("""
     The validation split is small (chapter 02's split table counts it), so the ranking of teachers
     with close AUCs is itself uncertain — two can even tie, and a tie goes to the first in sorted
     order; another seed could crown another teacher. The fused guide hedges that bet.
+
+    Why a `"lungs"` rule? The map term makes the student look where its guide looks, so a guide
+    with a high AUC but maps spread over the mediastinum or the image's border teaches the student to
+    look there too. On the real X-rays this happened: the best-AUC teacher's maps were no more
+    inside the lungs than a uniform map, and so were its students'. `scripts/guide_study.py`
+    compares the guides over seeds on the validation split (`results/real/guides.json`); the real
+    profile takes `"lungs"` because that study found its students' maps far more inside the lungs at
+    the same validation AUC. The quick profile keeps `"best"`: on phantoms chapter 03 can check the
+    maps against the drawn lesions, and the best teacher's already find them.
 
     ## The guide comes from the cache
 
@@ -190,8 +209,10 @@ cells = [
           f"{guide_train.cams.shape[2]} px in [0, 1], logits of shape {guide_train.logits.shape}")
     """),
     code("""
-    if GUIDE == "best":
+    if rule == "best":
         assert guide_name == max(profile.teachers, key=lambda a: val_auc[a]), "the guide is not the best on validation"
+    if rule == "lungs":
+        assert guide_name == max(profile.teachers, key=lambda a: val_in_lung[a]), "not the most in-lung on validation"
     train_keys = [r.key for r in tk.pipeline.classifier_records(profile, prep, "train")]
     assert guide_train.ids == train_keys, "the guide's rows are not the training images"
     assert not set(train_keys) & {r.key for r in tk.pipeline.classifier_records(profile, prep, "test")}
@@ -510,7 +531,7 @@ cells = [
     on the validation split.
     """),
     code("""
-    option_scores = {f"cam · {GUIDE} · {CAM_LOSS}": scores["cam"]}
+    option_scores = {f"cam · {rule} · {CAM_LOSS}": scores["cam"]}
     option_runs, option_histories = {}, {}
     for variant, guide, loss in (OPTIONS if OPTIONS is not None else tk.pipeline.extra_students(profile)):
         name = f"{variant} · {guide} · {loss}"
@@ -610,12 +631,12 @@ cells = [
     code("""
     report = {"profile": profile.name, "seed": profile.seed, "student": profile.student, "rule": RULE,
               "n_boot": N_BOOT, "ci_level": 0.95, "chance_in_lung": round(chance_in_lung, 4),
-              "guide": {"mode": GUIDE, "source": guide_name, "weights": tk.distill.teacher_weights(val_auc, GUIDE),
-                        "val_auc": val_auc},
+              "guide": {"mode": rule, "source": guide_name, "weights": tk.distill.teacher_weights(val_auc, mode),
+                        "val_auc": val_auc, "val_in_lung": val_in_lung},
               "loss": {"alpha": profile.kd_alpha, "beta": profile.cam_beta, "temperature": profile.kd_temperature,
                        "cam_loss": CAM_LOSS},
               "guide_scores": tk.pipeline.ablation_entry(scores[f"guide: {guide_name}"]),
-              "students": {v: tk.pipeline.ablation_entry(scores[v], histories[v], variant=v, guide_mode=GUIDE,
+              "students": {v: tk.pipeline.ablation_entry(scores[v], histories[v], variant=v, guide_mode=rule,
                                                          cam_loss=CAM_LOSS) for v in tk.distill.VARIANTS},
               "options": {n: tk.pipeline.ablation_entry(option_scores[n], option_histories[n], **run)
                           for n, run in option_runs.items()},
@@ -629,7 +650,7 @@ cells = [
 
     Chapter 05 gathers every number of the kit into one results table beside the paper's.
 
-    *Things to try:* `GUIDE = "fusion"` for the whole ablation; `CAM_LOSS = "at"`; a stronger map
+    *Things to try:* `GUIDE = "fusion"` (or `"lungs"`, `"best"`) for the whole ablation; `CAM_LOSS = "at"`; a stronger map
     term (`tk.config.get_profile(PROFILE, cam_beta=5)`) and watch agreement rise and, perhaps, AUC
     fall; another temperature (`kd_temperature=1` turns the soft targets back into the teacher's
     plain predictions); another student (`student="resnet18"`: any model of the registry); and,
