@@ -348,7 +348,7 @@ def student_dir(profile, variant: str, guide: str | None = None, cam_loss: str =
     """Where a student's run lives: ``students/<variant>[-<guide>[-<loss>]][-seed<k>]``
     (``guide`` as given, default the profile's rule, e.g. ``kd+cam-lungs``; no seed suffix
     for the profile's own seed)."""
-    guide = profile.guide if guide is None else guide
+    guide = guide_rule(profile, guide)
     name = variant if variant == "ce" else f"{variant}-{guide}" + ("" if cam_loss == "mse" or "cam" not in variant
                                                                      else f"-{cam_loss}")
     if seed is not None and seed != profile.seed:
@@ -373,11 +373,16 @@ def distill_code_digest() -> str:
     return store.settings_digest({"source": [inspect.getsource(f) for f in parts]})
 
 
+def guide_rule(profile, guide: str | None = None) -> str:
+    """``guide`` as asked for, or the profile's rule (``profile.guide``) when None."""
+    return profile.guide if guide is None else guide
+
+
 def guide_mode(profile, prep: _data.Prepared, guide: str | None = None) -> str:
     """The guide a student follows, in the terms of ``distill.teacher_weights``: ``guide``
     (default: the profile's rule, ``profile.guide``), with ``"lungs"`` resolved to the teacher
     whose validation maps lie most inside the lungs (:func:`lungs_guide`)."""
-    guide = profile.guide if guide is None else guide
+    guide = guide_rule(profile, guide)
     return lungs_guide(profile, prep) if guide == LUNGS_GUIDE else guide
 
 
@@ -929,7 +934,7 @@ def student_seeds(profile, prep: _data.Prepared, seeds: Sequence[int], variants:
                                                                      [r["attention"][k] for r in ref])
                                        for k in SEED_ATTENTION}}
     return {"seeds": seeds, "variants": list(variants), "reference": reference, "guide": g_test.source,
-            "guide_mode": profile.guide if guide is None else guide, "cam_loss": cam_loss, "guide_views": profile.guide_views,
+            "guide_mode": guide_rule(profile, guide), "cam_loss": cam_loss, "guide_views": profile.guide_views,
             "teachers": "trained once, on the fixed split, with the profile's seed",
             "runs": runs, "summary": summary, "attention": attention, "paired": paired}
 
