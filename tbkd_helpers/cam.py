@@ -134,6 +134,24 @@ def _copy_layer_output(layer: nn.Module) -> Iterator[None]:
         handle.remove()
 
 
+@contextlib.contextmanager
+def _graph_from_layer(layer: nn.Module) -> Iterator[None]:
+    """Start the autograd graph at ``layer``'s output (a leaf that requires grad) rather than
+    at the input: Grad-CAM needs the gradient down to that layer only, and with the
+    parameters frozen nothing below it needs one, so the backward pass stops there instead
+    of running through the whole network to the image. Runs before the library's hooks."""
+    def hook(module, inputs, output):
+        if isinstance(output, torch.Tensor) and not output.requires_grad:
+            return output.detach().requires_grad_(True)
+        return None
+
+    handle = layer.register_forward_hook(hook, prepend=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _logits_of(out: Any) -> torch.Tensor:
     """Plain logits from a model output (``InceptionOutputs`` and tuples: the first item)."""
     if isinstance(out, torch.Tensor):
@@ -224,6 +242,8 @@ def _cam_batches(model: nn.Module, layer: nn.Module, batches: Iterable[tuple[tor
         cam = stack.enter_context(cls(model=model, target_layers=[layer]))
         # registered after the library's hooks, so that they see the layer's own output
         stack.enter_context(_copy_layer_output(layer))
+        if cam.uses_gradients:  # the params are frozen: the graph starts at the layer
+            stack.enter_context(_graph_from_layer(layer))
         if method == "scorecam":
             cam.batch_size = batch_size  # its masked forward passes, per image
         grad_ctx = torch.enable_grad if cam.uses_gradients else torch.no_grad
@@ -236,9 +256,6 @@ def _cam_batches(model: nn.Module, layer: nn.Module, batches: Iterable[tuple[tor
             except IndexError as err:
                 raise RuntimeError(f"reading the images: IndexError: {err}") from err
             x = images.to(device)
-            if cam.uses_gradients:
-                # the params are frozen: let the graph start at the input instead
-                x = x.detach().clone().requires_grad_(True)
             tg = None if targets is None else [ClassifierOutputTarget(c) for c in targets]
             try:
                 with grad_ctx():

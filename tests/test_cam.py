@@ -185,6 +185,23 @@ def test_inplace_after_layer_matches_reference():
     assert np.abs(ours.detach().numpy() - ref).max() < TOL
 
 
+
+def test_cam_backward_stops_at_the_layer():
+    """The viewing Grad-CAM's backward pass ends at the target layer: nothing below it (here
+    ResNet18's first convolution) takes part, and the maps are those of a graph from the input."""
+    model = build_model("resnet18", num_classes=2).eval()
+    layer = target_layer(model, "resnet18", stride=16)
+    x = _images("resnet18", n=2)
+    called = []
+    handle = _first_conv(model, "resnet18").register_full_backward_hook(lambda *a: called.append(1))
+    try:
+        maps = cam.compute_cams(model, layer, x)
+    finally:
+        handle.remove()
+    assert not called, "the backward pass ran below the Grad-CAM layer"
+    ref = cam.compute_cams(model, layer, x.clone().requires_grad_(True))  # a graph from the input
+    assert np.abs(maps - ref).max() < TOL and maps.max() > 0
+
 def test_inception_at_80px_gives_zero_maps():
     """Inception V3 at the quick profile's 80 px: Mixed_7c is 1x1, so Grad-CAM (min-max
     scaled) is all zeros: a documented limit, not NaN."""
