@@ -112,11 +112,53 @@ class Guide:
     cams: np.ndarray  # (N, h, w) float32 in [0, 1]
     logits: np.ndarray  # (N, C) float32
     ids: list[str]
-    source: str  # "resnet18", or "fusion"
-    weights: dict[str, float]  # teacher -> weight
+    source: str  # "resnet18", "fusion", or "<maps' source>,<logits' source>" when they differ
+    weights: dict[str, float]  # teacher -> weight of its maps
+    logit_weights: dict[str, float] | None = None  # teacher -> weight of its logits (None: ``weights``)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def maps_source(self) -> str:
+        """Whose maps the guide holds (a teacher's name or "fusion")."""
+        return self.source.split(GUIDE_SEP)[0]
+
+    @property
+    def logits_source(self) -> str:
+        """Whose logits the guide holds (a teacher's name or "fusion")."""
+        return self.source.split(GUIDE_SEP)[-1]
+
+
+#: separates the two halves of a split guide, ``"<maps>,<logits>"``: e.g. ``"vgg16_bn,densenet121"``
+#: teaches the maps of VGG16-BN and the logits of DenseNet121
+GUIDE_SEP = ","
+
+
+def split_guide(mode: str) -> tuple[str, str]:
+    """``(maps, logits)`` of a guide: ``"a,b"`` takes its maps from ``a`` and its logits from
+    ``b``; any other guide takes both from itself."""
+    parts = mode.split(GUIDE_SEP)
+    if len(parts) > 2 or not all(parts):
+        raise ValueError(f"guide {mode!r}: one rule, or two joined by {GUIDE_SEP!r} (maps, then logits)")
+    return parts[0], parts[-1]
+
+
+def guide_sources(val_auc: Mapping[str, float], mode: str = "best") -> tuple[str, str]:
+    """Whose maps and whose logits a guide holds: a teacher's name, or "fusion"."""
+    def name(rule):
+        used = [k for k, w in teacher_weights(val_auc, rule).items() if w > 0]
+        return used[0] if len(used) == 1 else "fusion"
+    maps, logits = split_guide(mode)
+    return name(maps), name(logits)
+
+
+def guide_teachers(val_auc: Mapping[str, float], mode: str = "best") -> list[str]:
+    """The teachers whose caches a guide reads: those with a weight in its maps or its logits."""
+    maps, logits = split_guide(mode)
+    used = {**{k: w for k, w in teacher_weights(val_auc, logits).items() if w > 0},
+            **{k: w for k, w in teacher_weights(val_auc, maps).items() if w > 0}}
+    return sorted(used)
 
 
 def best_teacher(val_auc: Mapping[str, float]) -> str:
@@ -157,26 +199,31 @@ def make_guide(caches: Mapping[str, "_cam.CamCache"], val_auc: Mapping[str, floa
 
     Maps are averaged with the teacher weights after each is scaled to [0, 1] (they are
     already, per image) and brought to the largest map size; logits are averaged with
-    the same weights. Every cache must hold the same images in the same order.
+    the same weights, or, for a split guide ``"<maps>,<logits>"`` (:func:`split_guide`),
+    with the weights of its second rule. Every cache must hold the same images in the same order.
     """
-    weights = teacher_weights({k: val_auc[k] for k in caches}, mode)
+    maps_mode, logits_mode = split_guide(mode)
+    aucs = {k: val_auc[k] for k in caches}
+    weights, logit_weights = teacher_weights(aucs, maps_mode), teacher_weights(aucs, logits_mode)
     used = {k: w for k, w in weights.items() if w > 0}
+    used_logits = {k: w for k, w in logit_weights.items() if w > 0}
     first = caches[next(iter(used))]
     ids = [str(i) for i in first.ids] if first.ids is not None else []
+    for c in (caches[k] for k in {**used, **used_logits}):
+        if c.ids is not None and [str(i) for i in c.ids] != ids:
+            raise ValueError(f"{c.path}: its images differ from {first.path}'s; rebuild the CAM caches")
     size = max(max(caches[k].cams.shape[-2:]) for k in used)
     cams = np.zeros((len(first), size, size), np.float32)
     logits = np.zeros(first.logits.shape, np.float32)
     for name, w in used.items():
-        c = caches[name]
-        if c.ids is not None and [str(i) for i in c.ids] != ids:
-            raise ValueError(f"{c.path}: its images differ from {first.path}'s; rebuild the CAM caches")
-        maps = np.asarray(c.cams, np.float32)
-        if maps.shape[-1] != size:
-            maps = _cam.resize_maps(maps, size)
-        cams += w * maps
-        logits += w * np.asarray(c.logits, np.float32)
-    source = next(iter(used)) if len(used) == 1 else "fusion"
-    return Guide(cams=cams, logits=logits, ids=ids, source=source, weights=weights)
+        maps = np.asarray(caches[name].cams, np.float32)
+        cams += w * (maps if maps.shape[-1] == size else _cam.resize_maps(maps, size))
+    for name, w in used_logits.items():
+        logits += w * np.asarray(caches[name].logits, np.float32)
+    split = logit_weights != weights
+    source = GUIDE_SEP.join(guide_sources(aucs, mode)) if split else guide_sources(aucs, mode)[0]
+    return Guide(cams=cams, logits=logits, ids=ids, source=source, weights=weights,
+                 logit_weights=logit_weights if split else None)
 
 
 # --------------------------------------------------------------------------- data

@@ -378,12 +378,15 @@ def guide_rule(profile, guide: str | None = None) -> str:
     return profile.guide if guide is None else guide
 
 
-def guide_mode(profile, prep: _data.Prepared, guide: str | None = None) -> str:
-    """The guide a student follows, in the terms of ``distill.teacher_weights``: ``guide``
+def guide_mode(profile, prep: _data.Prepared, guide: str | None = None, att: dict[str, float] | None = None) -> str:
+    """The guide a student follows, in the terms of ``distill.make_guide``: ``guide``
     (default: the profile's rule, ``profile.guide``), with ``"lungs"`` resolved to the teacher
-    whose validation maps lie most inside the lungs (:func:`lungs_guide`)."""
-    guide = guide_rule(profile, guide)
-    return lungs_guide(profile, prep) if guide == LUNGS_GUIDE else guide
+    whose validation maps lie most inside the lungs (:func:`lungs_guide`; ``att``, the teachers'
+    validation in-lung shares when the caller has them), in each half of a split guide
+    (``"lungs,best"``: maps of the in-lung teacher, logits of the best-AUC one)."""
+    halves = _distill.split_guide(guide_rule(profile, guide))
+    resolved = [lungs_guide(profile, prep, att) if h == LUNGS_GUIDE else h for h in halves]
+    return resolved[0] if resolved[0] == resolved[1] else _distill.GUIDE_SEP.join(resolved)
 
 
 def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None = None,
@@ -418,12 +421,13 @@ def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None 
     views = guide_views(profile, prep)
     build = (lambda a: view_cache(profile, a, prep, progress=progress)) if views is not None else \
         (lambda a: cam_cache(profile, a, prep, "train", progress=progress))
-    caches = {a: build(a) for a, w in _distill.teacher_weights(aucs, mode).items() if w > 0}
+    caches = {a: build(a) for a in _distill.guide_teachers(aucs, mode)}
     g = _distill.make_guide(caches, aucs, mode)
     base = classifier_dataset(profile, prep, arch, "train")
     train_ds = _distill.DistillDataset(base, g, augment=True, views=views)
     layer = _models.target_layer(model, arch, stride=profile.cam_stride)
     extra = {"variant": variant, "distill": ds_settings.to_dict(), "guide": g.weights,
+             **({"guide_logits": g.logit_weights} if g.logit_weights is not None else {}),
              "cams": {a: c.key.get("checkpoint_sha256") for a, c in caches.items()},
              "cam_stride": profile.cam_stride, **code}
     if views is not None:
@@ -682,8 +686,7 @@ def guide_for_part(profile, prep: _data.Prepared, guide: str | None = None, part
             train_teacher(profile, arch, prep, progress=progress)
     aucs = teacher_val_auc(profile, prep)
     mode = guide_mode(profile, prep, guide)
-    caches = {a: cam_cache(profile, a, prep, part, progress=progress)
-              for a, w in _distill.teacher_weights(aucs, mode).items() if w > 0}
+    caches = {a: cam_cache(profile, a, prep, part, progress=progress) for a in _distill.guide_teachers(aucs, mode)}
     return _distill.make_guide(caches, aucs, mode)
 
 
@@ -1122,7 +1125,8 @@ def guide_study(profile, prep: _data.Prepared, seeds: Sequence[int], guides: Seq
     aucs = aucs if aucs is not None else teacher_val_auc(profile, prep)
     att = att if att is not None else teacher_val_attention(profile, prep)
     best = next(a for a, w in _distill.teacher_weights(aucs, "best").items() if w > 0)
-    resolved = {g: best if g == "best" else (lungs_guide(profile, prep, att) if g == LUNGS_GUIDE else g) for g in guides}
+    resolved = {g: _distill.GUIDE_SEP.join(dict.fromkeys(_distill.guide_sources(aucs, guide_mode(profile, prep, g, att))))
+                for g in guides}  # teachers' names: "vgg16_bn,densenet121" for "lungs,best"
     # a guide that resolves to the best teacher is the "best" guide: its students are reused
     train_as = {g: ("best" if r == best else g) for g, r in resolved.items()}
     records = classifier_records(profile, prep, "val")
@@ -1160,18 +1164,19 @@ def view_samples(profile, prep: _data.Prepared, guide: "_distill.Guide", i: int,
     base = classifier_dataset(profile, prep, profile.student, "train")
     out = [("original", base.images[i, 0], guide.cams[i])]
     views = guide_views(profile, prep)
-    if views is None or guide.source not in profile.teachers:
+    if views is None or not {guide.maps_source, guide.logits_source} <= set(profile.teachers):
         ds = _distill.DistillDataset(base, guide, augment=True)
         torch.manual_seed(profile.seed)
         for k in range(n):
             x, _, m, _ = ds[i]
             out.append((f"augmented {k + 1}", x[0], m))
         return out
-    cache = view_cache(profile, guide.source, prep, progress=False)
+    maps = view_cache(profile, guide.maps_source, prep, progress=False)
+    logits = view_cache(profile, guide.logits_source, prep, progress=False)
     v_count = views.shape[1]
     for v in range(min(n, v_count)):
         j = i * v_count + v
-        p = float(torch.softmax(torch.from_numpy(np.asarray(cache.logits[j], np.float64)), 0)[1])
+        p = float(torch.softmax(torch.from_numpy(np.asarray(logits.logits[j], np.float64)), 0)[1])
         out.append((f"view {v + 1}: P(TB) {p:.2f}", _data.apply_view(base.images[i], views[i, v])[0],
-                    np.asarray(cache.cams[j], np.float32)))
+                    np.asarray(maps.cams[j], np.float32)))
     return out

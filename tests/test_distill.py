@@ -95,6 +95,25 @@ def test_make_guide_best_and_fusion():
         distill.make_guide({"a": a, "c": c}, {"a": 0.9, "c": 0.8}, "fusion")
 
 
+
+def test_split_guide_takes_maps_from_one_rule_and_logits_from_the_other():
+    ids = ["s/1", "s/2"]
+    a = _cache(np.ones((2, 4, 4)), np.array([[0.0, 1.0]] * 2), ids)
+    b = _cache(np.zeros((2, 8, 8)), np.array([[1.0, 0.0]] * 2), ids)
+    aucs = {"a": 0.9, "b": 0.7}
+    g = distill.make_guide({"a": a, "b": b}, aucs, "b,best")  # maps of b, logits of the best (a)
+    assert (g.source, g.maps_source, g.logits_source) == ("b,a", "b", "a")
+    assert g.cams.shape == (2, 8, 8) and g.cams.max() == 0  # b's maps
+    assert g.logits.tolist() == [[0.0, 1.0]] * 2  # a's logits
+    assert g.weights == {"a": 0.0, "b": 1.0} and g.logit_weights == {"a": 1.0, "b": 0.0}
+    assert distill.guide_teachers(aucs, "b,best") == ["a", "b"] and distill.guide_teachers(aucs, "b") == ["b"]
+    same = distill.make_guide({"a": a, "b": b}, aucs, "a,best")  # both halves name a: one teacher's guide
+    assert same.source == "a" and same.logit_weights is None
+    assert distill.split_guide("fusion") == ("fusion", "fusion")
+    with pytest.raises(ValueError, match="maps, then logits"):
+        distill.split_guide("a,b,c")
+
+
 class _Base:
     """A stand-in for CXRDataset: images with a bright square and records."""
 

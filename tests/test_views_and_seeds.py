@@ -104,17 +104,21 @@ def test_guide_mode_follows_the_profile_rule_and_resolves_lungs_on_validation(mo
     """The guide defaults to the profile's rule; "lungs" becomes the teacher whose validation
     maps are most inside the lungs (ties: the profile's order); the run folders carry the rule."""
     quick, real = get_profile("quick"), get_profile("real", data_dir="/nonexistent")
-    assert quick.guide == "best" and real.guide == "lungs"
+    assert quick.guide == "best" and real.guide == "lungs,best"
     in_lung = {"densenet121": 0.37, "inception_v3": 0.36, "resnet18": 0.40, "mobilenet_v3_large": 0.35,
                "vgg16_bn": 0.52}
     monkeypatch.setattr(pipeline, "teacher_val_attention", lambda p, prep: dict(in_lung))
-    assert pipeline.guide_mode(real, None) == "vgg16_bn"
+    assert pipeline.guide_mode(real, None) == "vgg16_bn,best"
     assert pipeline.guide_mode(real, None, "fusion") == "fusion"
     assert pipeline.guide_mode(quick, None) == "best"
     assert pipeline.guide_mode(quick.replace(teachers=real.teachers), None, "lungs") == "vgg16_bn"
     assert pipeline.lungs_guide(real, None, {**in_lung, "resnet18": 0.52}) == "resnet18"  # first in order
-    assert pipeline.student_dir(real, "kd+cam").name == "kd+cam-lungs"
+    assert pipeline.student_dir(real, "kd+cam").name == "kd+cam-lungs,best"
     assert pipeline.student_dir(real, "kd", "best", seed=2).name == "kd-best-seed2"
+    # a split guide resolves "lungs" in either half, and names one teacher when both halves agree
+    assert pipeline.guide_mode(real, None, "lungs") == "vgg16_bn"
+    assert pipeline.guide_mode(real, None, "lungs,vgg16_bn") == "vgg16_bn"
+    assert pipeline.student_dir(real, "kd+cam", "lungs").name == "kd+cam-lungs"
 
 
 def _seed_result(acc_ce, acc_kc):
@@ -249,7 +253,7 @@ def test_guide_study_resolves_guides_on_validation_and_pairs_them_by_seed(monkey
         def __init__(self, auc):
             self.final = {"val_auc": auc, "val_loss": 0.5}
 
-    gains = {"best": 0.0, "fusion": 0.01, "lungs": 0.03}
+    gains = {"best": 0.0, "fusion": 0.01, "lungs": 0.03, "lungs,best": 0.02}
 
     def fake_train_student(p, variant, prep, guide="best", progress=False, seed=0):
         calls.append((variant, guide, seed))
@@ -269,10 +273,12 @@ def test_guide_study_resolves_guides_on_validation_and_pairs_them_by_seed(monkey
         np.array([0.2, 0.8, 0.4, 0.6]), np.array([0, 1, 0, 1])))
     monkeypatch.setattr(pipeline, "student_maps", lambda p, model, prep, part: (
         parts.append(part) or np.random.default_rng(len(model)).random((4, 8, 8), dtype=np.float32), recs))
-    out = pipeline.guide_study(prof, prep=None, seeds=[0, 1], guides=("best", "fusion", "lungs", "densenet121"))
+    out = pipeline.guide_study(prof, prep=None, seeds=[0, 1], guides=("best", "fusion", "lungs", "densenet121",
+                                                                  "lungs,best"))
     assert set(parts) == {"val"}
-    assert out["guides"] == {"best": "densenet121", "fusion": "fusion", "lungs": "vgg16", "densenet121": "densenet121"}
-    assert calls == [("kd+cam", g, s) for s in (0, 1) for g in ("best", "fusion", "lungs", "best")]
+    assert out["guides"] == {"best": "densenet121", "fusion": "fusion", "lungs": "vgg16", "densenet121": "densenet121",
+                             "lungs,best": "vgg16,densenet121"}  # a split guide: maps of vgg16, logits of the best
+    assert calls == [("kd+cam", g, s) for s in (0, 1) for g in ("best", "fusion", "lungs", "best", "lungs,best")]
     d = out["paired"]["kd+cam"]
     assert d["lungs"]["val_auc"]["mean"] == pytest.approx(0.03) and d["lungs"]["val_auc"]["n"] == 2
     assert d["densenet121"]["val_auc"]["mean"] == pytest.approx(0.0)

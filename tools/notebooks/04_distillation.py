@@ -39,7 +39,7 @@ cells = [
     PROFILE = "quick"       # quick | real | full
     DATA_DIR = None         # None: phantoms (quick) or $TBKD_DATA_DIR (real/full)
     SEED = 0                # every random choice derives from it
-    GUIDE = None            # whose maps guide: None (the profile rule), best, fusion, lungs or a teacher name
+    GUIDE = None            # the guide: None (the profile rule), best, fusion, lungs, a teacher name, or maps,logits
     CAM_LOSS = "mse"        # the map term D: "mse", "l1" or "at" (attention transfer)
     N_BOOT = 1000           # bootstrap resamples behind each 95 % confidence interval
     RULE = "youden"         # threshold rule, applied on the validation split
@@ -159,7 +159,11 @@ cells = [
       normalised to sum to 1 — a teacher at chance level has no say;
     - `"lungs"`: the teacher whose Grad-CAM maps of the validation images put the largest share of
       their mass inside the lungs (chapter 03's in-lung share, measured here on validation) guides
-      alone — the teacher that looks where a radiologist would, rather than the one that scores best.
+      alone — the teacher that looks where a radiologist would, rather than the one that scores best;
+    - two rules joined by a comma, the maps' rule first: `"lungs,best"` teaches the maps of the
+      most in-lung teacher and the soft predictions of the best-AUC one. The two terms ask different
+      things of a teacher: the soft predictions should be *right*, the maps should look in the
+      *right place*, and one teacher need not be the best at both.
 
     Each profile declares its rule (`profile.guide`); `GUIDE` in the parameters cell overrides it.
     """),
@@ -177,7 +181,8 @@ cells = [
     for arch in profile.teachers:
         print(f"{arch:>18}  {val_auc[arch]:7.3f}  {val_in_lung[arch]:11.2f}  {weights['best'][arch]:13.2f}"
               f"  {weights['fusion'][arch]:15.2f}")
-    print(f"this profile's rule: {rule!r}, which picks {mode!r}")
+    maps_from, logits_from = tk.distill.guide_sources(val_auc, mode)
+    print(f"this profile's rule: {rule!r}: the maps of {maps_from}, the soft predictions of {logits_from}")
     """),
     md("""
     The validation split is small (chapter 02's split table counts it), so the ranking of teachers
@@ -188,10 +193,15 @@ cells = [
     with a high AUC but maps spread over the mediastinum or the image's border teaches the student to
     look there too. On the real X-rays this happened: the best-AUC teacher's maps were no more
     inside the lungs than a uniform map, and so were its students'. `scripts/guide_study.py`
-    compares the guides over seeds on the validation split (`results/real/guides.json`); the real
-    profile takes `"lungs"` because that study found its students' maps far more inside the lungs at
-    the same validation AUC. The quick profile keeps `"best"`: on phantoms chapter 03 can check the
-    maps against the drawn lesions, and the best teacher's already find them.
+    compares the guides over seeds on the validation split (`results/real/guides.json`): guided by
+    the in-lung teacher, the students' maps were far more inside the lungs at the same validation AUC.
+    But that teacher was not the most accurate one, and its soft predictions are what the logit term
+    copies; so the same study was run again with the guide split (`results/real/guides_split.json`):
+    the in-lung teacher's maps with the best-AUC teacher's soft predictions, against the in-lung
+    teacher for both. The real profile takes the split guide, `"lungs,best"`, because its students
+    scored higher on validation with maps as much inside the lungs. The quick profile keeps `"best"`:
+    on phantoms chapter 03 can check the maps against the drawn lesions, and the best teacher's
+    already find them.
 
     ## The guide comes from the cache
 
@@ -209,10 +219,10 @@ cells = [
           f"{guide_train.cams.shape[2]} px in [0, 1], logits of shape {guide_train.logits.shape}")
     """),
     code("""
-    if rule == "best":
-        assert guide_name == max(profile.teachers, key=lambda a: val_auc[a]), "the guide is not the best on validation"
-    if rule == "lungs":
-        assert guide_name == max(profile.teachers, key=lambda a: val_in_lung[a]), "not the most in-lung on validation"
+    chosen = {"best": max(profile.teachers, key=lambda a: val_auc[a]),
+             "lungs": max(profile.teachers, key=lambda a: val_in_lung[a])}
+    for half, source in zip(tk.distill.split_guide(rule), (guide_train.maps_source, guide_train.logits_source)):
+        assert source == chosen.get(half, source), f"the {half!r} half of the guide is not chosen on validation"
     train_keys = [r.key for r in tk.pipeline.classifier_records(profile, prep, "train")]
     assert guide_train.ids == train_keys, "the guide's rows are not the training images"
     assert not set(train_keys) & {r.key for r in tk.pipeline.classifier_records(profile, prep, "test")}
@@ -358,7 +368,7 @@ cells = [
     margin = guide_train.logits[:, 1] - guide_train.logits[:, 0]
     i = int(np.argmax(np.where(base.labels.numpy() == 1, margin, -np.inf)))  # the TB image the guide is surest of
     samples = tk.pipeline.view_samples(profile, prep, guide_train, i)
-    fig = tk.viz.joint_augmentation(samples, title=f"{base.records[i].key}: views and {guide_name}'s maps of them")
+    fig = tk.viz.joint_augmentation(samples, title=f"{base.records[i].key}: views and {guide_train.maps_source}'s maps of them")
     tk.viz.save_figure(fig, profile, "04_joint_augmentation");
     """),
     md("""
@@ -609,7 +619,7 @@ cells = [
         by_key = dict(zip([r.key for r in test_records], s["probs"]))
         explorer.add_model(f"student {name}", students[name], profile.student, size=profile.image_size,
                            probs=[by_key[k] for k in explorer.state.keys], threshold=s["threshold"])
-    explorer.set(a=guide_name if guide_name in explorer.state.models else profile.teachers[0],
+    explorer.set(a=guide_train.maps_source if guide_train.maps_source in explorer.state.models else profile.teachers[0],
                  b="student kd+cam", label="TB", image=test_records[picks["TB"][0]].key)
     explorer
     """),
@@ -631,7 +641,8 @@ cells = [
     code("""
     report = {"profile": profile.name, "seed": profile.seed, "student": profile.student, "rule": RULE,
               "n_boot": N_BOOT, "ci_level": 0.95, "chance_in_lung": round(chance_in_lung, 4),
-              "guide": {"mode": rule, "source": guide_name, "weights": tk.distill.teacher_weights(val_auc, mode),
+              "guide": {"mode": rule, "source": guide_name, "weights": guide_train.weights,
+                        "logit_weights": guide_train.logit_weights or guide_train.weights,
                         "val_auc": val_auc, "val_in_lung": val_in_lung},
               "loss": {"alpha": profile.kd_alpha, "beta": profile.cam_beta, "temperature": profile.kd_temperature,
                        "cam_loss": CAM_LOSS},
