@@ -783,7 +783,8 @@ def attention_report(profile, prep: _data.Prepared, models: dict, guide: str | N
                      n_boot: int = 1000) -> dict:
     """:func:`attention_figures` of every model on ``part``: ``models`` is ``{name: (model,
     arch)}``. Returns ``{"guide", "part", "n_images", "chance", "models": {name: figures}}``;
-    agreement is with ``guide``'s maps (:func:`guide_for_part`), resized to each model's."""
+    agreement is with ``guide``'s maps (:func:`guide_for_part`), resized to each model's, and
+    ``"guide"`` names whose maps those are."""
     records = classifier_records(profile, prep, part)
     g = guide_for_part(profile, prep, guide, part)
     device = torch_device(profile.device)
@@ -800,7 +801,7 @@ def attention_report(profile, prep: _data.Prepared, models: dict, guide: str | N
     size = profile.size_for(profile.student)
     if size not in masks:
         masks[size] = (None, lung_masks(profile, records, size, "lung"), lung_masks(profile, records, size, "lesion"))
-    return {"guide": g.source, "part": part, "n_images": len(records),
+    return {"guide": g.maps_source, "part": part, "n_images": len(records),
             "chance": attention_chance(masks[size][1], masks[size][2]), "models": out}
 
 
