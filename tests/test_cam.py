@@ -189,7 +189,9 @@ def test_inplace_after_layer_matches_reference():
 def test_cam_backward_stops_at_the_layer():
     """The viewing Grad-CAM's backward pass ends at the target layer: nothing below it (here
     ResNet18's first convolution) takes part, and the maps are those of a graph from the input."""
-    model = build_model("resnet18", num_classes=2).eval()
+    with torch.random.fork_rng():  # an untrained model whose maps of the TB class are not all zero
+        torch.manual_seed(0)
+        model = build_model("resnet18", num_classes=2).eval()
     layer = target_layer(model, "resnet18", stride=16)
     x = _images("resnet18", n=2)
     called = []
