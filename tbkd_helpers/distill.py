@@ -155,10 +155,7 @@ def guide_sources(val_auc: Mapping[str, float], mode: str = "best") -> tuple[str
 
 def guide_teachers(val_auc: Mapping[str, float], mode: str = "best") -> list[str]:
     """The teachers whose caches a guide reads: those with a weight in its maps or its logits."""
-    maps, logits = split_guide(mode)
-    used = {**{k: w for k, w in teacher_weights(val_auc, logits).items() if w > 0},
-            **{k: w for k, w in teacher_weights(val_auc, maps).items() if w > 0}}
-    return sorted(used)
+    return sorted({k for rule in split_guide(mode) for k, w in teacher_weights(val_auc, rule).items() if w > 0})
 
 
 def best_teacher(val_auc: Mapping[str, float]) -> str:
