@@ -128,7 +128,7 @@ def recipe_settings(profile, recipe: "_recipes.Recipe", arch: str, epochs: int,
     return _train.TrainSettings(epochs=epochs, batch_size=profile.batch_size, lr=r.lr_for(arch),
                                 weight_decay=r.weight_decay, optimizer=r.optimizer, schedule=r.schedule,
                                 class_balance=r.class_balance, patience=r.patience,
-                                bn_recalibrate=r.bn_recalibrate,
+                                bn_recalibrate=r.bn_recalibrate, bn_images=r.bn_images,
                                 seed=profile.seed if seed is None else seed)
 
 
@@ -668,6 +668,47 @@ def lagging_bn(model: torch.nn.Module, ds, steps: int, momentum: float = 0.01, b
                 if done >= steps:
                     break
     return lag.eval()
+
+
+def bn_subset_study(profile, prep: _data.Prepared, model_dirs: Sequence[Path], images: int,
+                    draws: int = 3) -> list[dict]:
+    """What recalibrating BatchNorm from ``images`` training images, not all of them, changes.
+
+    For each finished classifier in ``model_dirs`` (a folder with ``best.pt``), its
+    statistics are recomputed once from every training image and once per draw from
+    ``images`` of them (the subset ``train.calibration_subset`` takes, with seeds
+    ``0 .. draws-1``), and the validation AUC and accuracy (argmax) are measured after each.
+    The weights are the checkpoint's throughout; the test split is not read. One row per
+    model: the full-set figures, each draw's difference from them, and both passes' seconds.
+    """
+    import time
+
+    from torch.utils.data import DataLoader
+
+    device = torch_device(profile.device)
+    rows = []
+    for d in model_dirs:
+        model = load_classifier(Path(d) / "best.pt").to(device)
+        arch = model.arch
+        train_ds = classifier_dataset(profile, prep, arch, "train")
+        val_loader = DataLoader(classifier_dataset(profile, prep, arch, "val"), batch_size=64)
+
+        def measure(ds):
+            t0 = time.perf_counter()
+            _models.recalibrate_bn(model, DataLoader(ds, batch_size=64), device)
+            seconds = time.perf_counter() - t0
+            ev = _train.validate(model, val_loader, device, amp=False)
+            return ev["auc"], ev["acc"], seconds
+
+        auc, acc, sec = measure(train_ds)
+        subsets = [measure(_train.calibration_subset(train_ds, _train.TrainSettings(seed=s, bn_images=images)))
+                   for s in range(draws)]
+        rows.append({"model": f"{Path(d).parent.name}/{Path(d).name}", "arch": arch, "n_train": len(train_ds),
+                     "images": min(images, len(train_ds)), "val_auc": _num(auc), "val_acc": _num(acc),
+                     "d_auc": [_num(a - auc) for a, _, _ in subsets],
+                     "d_acc": [_num(c - acc) for _, c, _ in subsets],
+                     "seconds_all": round(sec, 2), "seconds_subset": round(float(np.mean([t for *_, t in subsets])), 2)})
+    return rows
 
 
 # --- reporting (stage 4)

@@ -344,3 +344,45 @@ def test_no_grad_passes_run_in_eval_sized_batches(tmp_path, monkeypatch):
     fit(model, Squares(24, 0), Squares(12, 1), TrainSettings(epochs=1, batch_size=4, eval_batch_size=16),
         tmp_path / "ckpt", progress=False)
     assert seen["calib"][:2] == [16, 8] and seen["val"][:1] == [12]
+
+
+def test_bn_images_recalibrates_from_a_fixed_subset_and_leaves_training_alone(tmp_path, data):
+    """``bn_images``: the statistics come from the same seeded subset every epoch (the
+    set's order kept; all of it when it is no larger), and the training itself (losses,
+    weights other than BatchNorm's running statistics) is the one without the subset."""
+    import tbkd_helpers.train as train
+    from tbkd_helpers.train import calibration_subset
+
+    ds, _ = data
+    sub = calibration_subset(ds, TrainSettings(seed=3, bn_images=10))
+    assert len(sub) == 10 and list(sub.indices) == sorted(set(sub.indices))
+    assert list(calibration_subset(ds, TrainSettings(seed=3, bn_images=10)).indices) == list(sub.indices)
+    assert list(calibration_subset(ds, TrainSettings(seed=4, bn_images=10)).indices) != list(sub.indices)
+    assert calibration_subset(ds, TrainSettings(bn_images=len(ds))) is ds
+    assert calibration_subset(ds, TrainSettings()) is ds
+    with pytest.raises(ValueError, match="bn_images"):
+        TrainSettings(bn_images=1)
+
+    train_ds, val = data
+    plain = Squares(24, 0)  # the training images without augmentation, as the pipeline passes
+    models, hists, seen = {}, {}, []
+    real_recal = train.recalibrate_bn
+
+    def recal(model, loader, *a, **k):
+        seen.append(sum(len(b[0]) for b in loader))
+        return real_recal(model, loader, *a, **k)
+
+    for k in (None, 10):
+        models[k] = build_model("resnet18", seed=0)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(train, "recalibrate_bn", recal)
+            hists[k] = fit(models[k], train_ds, val, TrainSettings(**QUICK, bn_images=k), tmp_path / str(k),
+                           device="cpu", progress=False, calib_ds=plain)
+    assert seen == [24, 24, 10, 10]  # one pass per epoch, from all images, then from the subset
+    assert hists[None].train_loss == hists[10].train_loss
+    # the last epoch's weights (last.pt; the kept epoch may differ, chosen on other statistics)
+    from tbkd_helpers.models import read_checkpoint
+    sa, sb = (read_checkpoint(tmp_path / str(k) / "last.pt")["state_dict"] for k in (None, 10))
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    assert all(torch.equal(sa[n], sb[n]) for n in sa if not n.endswith(stats))
+    assert not all(torch.equal(sa[n], sb[n]) for n in sa if n.endswith("running_mean"))
