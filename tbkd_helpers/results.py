@@ -667,8 +667,8 @@ def readme_table(results: dict, written: str | None = None) -> str:
     if s_name in cost and "densenet121" in cost:
         s, d = cost[s_name], cost["densenet121"]
         notes.append(f"Cost at {s['size']} px: the student has {s['params'] / 1e6:.2f} M parameters "
-                     f"({d['params'] / s['params']:.0f}× fewer than DenseNet121) and runs "
-                     f"{d['latency_ms_b1'] / s['latency_ms_b1']:.0f}× faster on one CPU image, as chapter 05 "
+                     f"({d['params'] / s['params']:.1f}× fewer than DenseNet121) and runs "
+                     f"{d['latency_ms_b1'] / s['latency_ms_b1']:.1f}× faster on one CPU image, as chapter 05 "
                      "times the models it trained (benchmarks/bench_latency.py measures the inference path).")
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 

@@ -139,8 +139,8 @@ def test_readme_table_from_results_alone():
         assert f"{100 * c['accuracy']:.1f} % [" in row and f"| {c['verdict']} |" in row
     assert "81.0 ± 3.0 %" in rows["Shenzhen"] and "3-fold CV" in lines[0]
     assert "trained on the other set" in lines[0]
-    assert "results/real/results.json" in table and "5× fewer" in table
-    assert "20× faster" in table
+    assert "results/real/results.json" in table and "4.6× fewer" in table
+    assert "20.0× faster" in table
 
 
 def test_update_readme_between_markers_only(tmp_path):

@@ -225,8 +225,9 @@ cells = [
     validation loss; right: the validation AUC, the number the best epoch is chosen by (ringed). What
     to look for: a training loss that falls while the validation loss rises is **overfitting**; a
     validation AUC near 0.5 (the dotted line) means the network ranks TB and normal images no better
-    than chance. A loss that stays at $\\ln 2 \\approx 0.69$ means the network still answers 50/50 for every
-    image: it has not started to learn. Plain deep networks without batch normalisation or shortcuts
+    than chance. A loss that stays at $\\ln 2 \\approx 0.69$ means the network still answers close to 50/50 for
+    every image: it may already *rank* the images (compare its validation AUC), but its probabilities
+    have not yet moved away from one half. Plain deep networks without batch normalisation or shortcuts
     (VGG16) are the slowest to get going from random weights, which is one reason the later
     architectures added them. With a short training from scratch and the few validation images of the split table,
     the curves are short and jumpy — one image more or less on the right side moves the AUC by
@@ -328,7 +329,8 @@ cells = [
     network stay fixed, so it does not include the variation from training again with another seed.
 
     **Read the width before the value.** A perfect score gives a zero-width interval (`1.00 [1.00,
-    1.00]`): every resample is perfect too, and that is not certainty. Otherwise a small test set
+    1.00]`): every resample is perfect too, and that is not certainty (`1.00 [0.98, 1.00]` is a
+    score just below perfect, rounded up). Otherwise a small test set
     gives a wide interval, and two teachers
     whose intervals overlap broadly are not shown to differ.
     """),

@@ -279,8 +279,8 @@ cells = [
     the phantoms the lesions are the only difference between the classes, so a teacher that learned
     the task *should* look at them: the line above says whether the guide's map peaks on a lesion
     more often than a random pixel would. The other teachers differ — chapter 02 showed whether each
-    one's AUC interval clears chance, and the summary lines above say which teachers' maps beat
-    chance in this run; a teacher can rank the images well from evidence spread over
+    one's AUC interval clears chance, and the table gives each teacher's figures beside the chance
+    row (only the guide's pointing game gets an interval and a verdict here); a teacher can rank the images well from evidence spread over
     the lungs that no single peak captures. A teacher whose in-lung share and pointing game sit at
     chance, with a ROAD score near zero, is not looking at anything in particular — and its maps
     would teach a student nothing. Read the guide's ROAD too: a pointing game above chance with a

@@ -140,7 +140,8 @@ cells = [
     loss) — and keeps each one's validation AUC; the
     test split is not read. One seed per setting and a small validation split: differences of a few
     hundredths are within the noise, so the profile moves away from its defaults only for a clear gain
-    (`TUNING_MARGIN` in `tbkd_helpers/pipeline.py`, the rule printed below).
+    (`TUNING_MARGIN` in `tbkd_helpers/pipeline.py`; the cell below prints the rule and the table
+    where the profile has a tuning run, and says so where it has none).
     """),
     code("""
     tuning, lines = tk.reports.tuning_report(profile)
@@ -201,7 +202,7 @@ cells = [
     teacher for both. The real profile takes the split guide, `"lungs,best"`, because its students
     scored higher on validation with maps as much inside the lungs. The quick profile keeps `"best"`:
     on phantoms chapter 03 can check the maps against the drawn lesions, and the best teacher's
-    already find them.
+    peak on them more often than a random pixel would (its pointing game against the chance row).
 
     ## The guide comes from the cache
 
@@ -335,16 +336,18 @@ cells = [
     That second-order part has a price: its backward pass runs again through every layer after the
     Grad-CAM layer, so a kd+cam step costs more than a plain one (`benchmarks/bench_student.py`
     times both). The setting `profile.cam_order` chooses it: `"second"` (the cell above with
-    `create_graph=True`, every profile's setting) or `"first"` (the channel weights held
-    constant, as with `create_graph=False`: about the cost of a plain step). Whether the student
+    `create_graph=True`, the quick profile's setting) or `"first"` (the channel weights held
+    constant, as with `create_graph=False`: about the cost of a plain step; the real profile's). Whether the student
     loses anything without it is a question for the validation split, which
     `benchmarks/bench_cam_order.py` answers over seeds, paired. A simpler check comes first: can a
     fresh student, trained on the map term alone, fit the guide's maps of a single batch?
     `benchmarks/bench_cam_fit.py` tries both orders from the same start. Second-order, the term
     falls towards 0 within a few dozen steps; first-order it hardly moves: with the Grad-CAM
     weights held constant, every step reshapes the activations for channel weights that the
-    step itself then changes. So every profile keeps the second-order term, and pays for it
-    (the README gives both measurements):
+    step itself then changes. So the quick profile keeps the second-order term, and pays for it.
+    The real profile's larger stride-16 layer is another matter: there, over 3 seeds paired on
+    validation, the first-order students scored as well (within the kit's 0.02 margin) at about half
+    the cost, so it takes `"first"` (the README gives both measurements):
     """),
     code("""
     print(f"this run: cam_order = {profile.cam_order!r}")

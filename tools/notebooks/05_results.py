@@ -336,7 +336,7 @@ cells = [
     md("""
     The README's results table is made from that file alone. `scripts/results_table.py --profile real`
     prints it, and with `--update-readme` writes it into README.md between the
-    `<!-- results:begin -->` and `<!-- results:end -->` markers. For this profile it reads:
+    `<!-- results:begin -->` and `<!-- results:end -->` markers. For the profile this chapter ran, the table reads:
     """),
     code("""
     print(tk.results.readme_table(back))
