@@ -346,8 +346,8 @@ cells = [
     weights held constant, every step reshapes the activations for channel weights that the
     step itself then changes. So the quick profile keeps the second-order term, and pays for it.
     The real profile's larger stride-16 layer is another matter: there, over 3 seeds paired on
-    validation, the first-order students scored as well (within the kit's 0.02 margin) at about half
-    the cost, so it takes `"first"` (the README gives both measurements):
+    validation, the first-order students scored as well (within the margin the kit asks of any
+    change of its settings, `TUNING_MARGIN`) at about half the cost, so it takes `"first"` (the README gives both measurements):
     """),
     code("""
     print(f"this run: cam_order = {profile.cam_order!r}")
