@@ -136,7 +136,7 @@ PROFILES: dict[str, Profile] = {
     # cannot even fit the guide's maps of one batch (benchmarks/bench_cam_fit.py).
     "quick": Profile(name="quick", data="phantom", vgg_head="gap", phantom_difficulty=0.0, teacher_epochs=8,
                      batch_size=8, cam_stride=8, student_epochs=15, guide_views=6),
-    # real: sized for a 2-core CPU (aimed at 90 minutes; from nothing 95.0 on 2026-12-07, the students 51 of them). Measured training cost per image
+    # real: sized for a 2-core CPU (aimed at 90 minutes; from nothing 95.0 on 2026-12-07, the students 49 of them). Measured training cost per image
     # (batch 32) at 128 px: VGG16 271 ms, Inception V3 (160 px) 73, DenseNet121 65,
     # ResNet18 29, MobileNet V3 Large 14, Small 6 -- VGG16 alone is 60 % of the teachers.
     # 112 px (144 for Inception) and 10 epochs keep the five teachers near 35 minutes.
