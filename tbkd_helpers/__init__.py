@@ -15,7 +15,7 @@ import importlib
 __version__ = "0.1.0"
 _SUBMODULES = ("config", "store", "data", "phantom", "segmentation", "models", "train", "cam",
                "distill", "metrics", "viz", "widgets", "cli", "notebooks", "results", "pipeline", "reports", "recipes",
-               "weights", "screen")
+               "weights", "screen", "parallel")
 __all__ = list(_SUBMODULES)
 
 

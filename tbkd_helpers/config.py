@@ -87,6 +87,9 @@ class Profile:
     # hardware
     device: str = "auto"  # "auto" picks CUDA when present
     num_workers: int = 0
+    student_processes: int = 0  # students (and k-fold runs) trained side by side in this many processes
+    # of one thread each; 0: one per CPU core on a CPU, 1 on a GPU; TBKD_STUDENT_PROCESSES overrides
+    # (see tbkd_helpers/parallel.py)
 
     def replace(self, **changes) -> "Profile":
         return dataclasses.replace(self, **changes)

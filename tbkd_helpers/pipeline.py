@@ -389,6 +389,54 @@ def guide_mode(profile, prep: _data.Prepared, guide: str | None = None, att: dic
     return resolved[0] if resolved[0] == resolved[1] else _distill.GUIDE_SEP.join(resolved)
 
 
+def guide_caches(profile, prep: _data.Prepared, guide: str | None = None, progress: bool = True):
+    """What a distilled student learns from, built (cached) if missing: ``(aucs, mode, views,
+    caches)``: the teachers' validation AUCs, :func:`guide_mode`'s resolved guide, the fixed
+    views (:func:`guide_views`, or None) and the guiding teachers' caches of the training images."""
+    aucs = teacher_val_auc(profile, prep)
+    mode = guide_mode(profile, prep, guide)
+    views = guide_views(profile, prep)
+    build = (lambda a: view_cache(profile, a, prep, progress=progress)) if views is not None else \
+        (lambda a: cam_cache(profile, a, prep, "train", progress=progress))
+    return aucs, mode, views, {a: build(a) for a in _distill.guide_teachers(aucs, mode)}
+
+
+#: a student run's cost relative to a ce run (a kd+cam step at stride 16 costs about 1.9 ce
+#: steps, benchmarks/bench_student.py): :func:`train_students` starts the longest first
+STUDENT_COST = {"ce": 1.0, "kd": 1.0, "cam": 1.9, "kd+cam": 1.9}
+
+
+def _run_label(variant: str, guide: str | None, cam_loss: str, seed: int) -> str:
+    return " ".join([variant, *([guide] if guide else []), *([cam_loss] if cam_loss != "mse" else []), f"seed {seed}"])
+
+
+def train_students(profile, prep: _data.Prepared, runs: Sequence[dict], progress: bool = True) -> list[tuple]:
+    """Train (or load) several students side by side (``parallel.run``: on a CPU, one process
+    of one thread per core), then load each one here. ``runs``: :func:`train_student`'s
+    keyword arguments, one dict per student (``variant``, and optionally ``guide``,
+    ``cam_loss``, ``seed``). The guides' caches are built first, here, so that no two
+    processes build the same one. Returns ``[(model, History, Guide or None)]`` in the
+    order of ``runs``; a second call loads them all."""
+    from . import parallel as _parallel
+
+    runs = [dict(r) for r in runs]
+    jobs = []
+    for r in runs:
+        seed = profile.seed if r.get("seed") is None else int(r["seed"])
+        guide, loss = r.get("guide"), r.get("cam_loss", "mse")
+        jobs.append(_parallel.Job(_run_label(r["variant"], guide, loss, seed), train_student,
+                                  (profile, r["variant"], prep),
+                                  {**{k: v for k, v in r.items() if k != "variant"}, "progress": False},
+                                  run_dir=student_dir(profile, r["variant"], guide, loss, seed),
+                                  cost=STUDENT_COST.get(r["variant"], 1.0)))
+    todo = [j for j in jobs if not j.done]
+    if todo:
+        for guide in dict.fromkeys(r.get("guide") for r, j in zip(runs, jobs) if r["variant"] != "ce" and not j.done):
+            guide_caches(profile, prep, guide, progress)
+        _parallel.run(profile, todo, progress=progress, desc="students")
+    return [train_student(profile, prep=prep, progress=progress, **r) for r in runs]
+
+
 def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None = None,
                   guide: str | None = None, cam_loss: str = "mse", progress: bool = True, seed: int | None = None,
                   ckpt_dir: Path | None = None):
@@ -416,12 +464,7 @@ def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None 
         m, hist = _fit(profile, prep, arch, ckpt_dir, t_settings, progress, model=model,
                        extra={"variant": variant, **code}, seed=seed)
         return m, hist, None
-    aucs = teacher_val_auc(profile, prep)
-    mode = guide_mode(profile, prep, guide)
-    views = guide_views(profile, prep)
-    build = (lambda a: view_cache(profile, a, prep, progress=progress)) if views is not None else \
-        (lambda a: cam_cache(profile, a, prep, "train", progress=progress))
-    caches = {a: build(a) for a in _distill.guide_teachers(aucs, mode)}
+    aucs, mode, views, caches = guide_caches(profile, prep, guide, progress)
     g = _distill.make_guide(caches, aucs, mode)
     base = classifier_dataset(profile, prep, arch, "train")
     train_ds = _distill.DistillDataset(base, g, augment=True, views=views)
@@ -948,10 +991,11 @@ def student_seeds(profile, prep: _data.Prepared, seeds: Sequence[int], variants:
     size = profile.size_for(profile.student)
     lungs, lesions = lung_masks(profile, records, size, "lung"), lung_masks(profile, records, size, "lesion")
     runs: dict[str, list[dict]] = {v: [] for v in variants}
+    todo = [{"variant": v, "guide": guide, "cam_loss": cam_loss, "seed": seed} for seed in seeds for v in variants]
+    trained = iter(train_students(profile, prep, todo, progress=progress))
     for seed in seeds:
         for v in variants:
-            model, hist, _ = train_student(profile, v, prep, guide=guide, cam_loss=cam_loss, progress=progress,
-                                           seed=seed)
+            model, hist, _ = next(trained)
             preds = predictions(profile, student_dir(profile, v, guide, cam_loss, seed), profile.student, prep,
                                 model=model)
             rows = evaluate(preds, rule=rule, n_boot=0, seed=profile.seed)

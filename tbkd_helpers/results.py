@@ -44,6 +44,7 @@ from . import data as _data
 from . import metrics as _metrics
 from . import models as _models
 from . import pipeline as _pipe
+from . import parallel as _parallel
 from . import reports as _reports
 from . import store
 from . import weights as _weights
@@ -255,15 +256,27 @@ def kfold(profile, prep: _data.Prepared, models: Sequence[str] | None = None, k:
     val_share = va / (tr + va)
     root = Path(profile.artifacts) / "kfold"
     out = {"k": k, "epochs": epochs, "seed": profile.seed, "models": {}}
+    folds_of = {name: [] for name in models}  # per model: (fold, inner split, held-out keys, folder, Prepared)
     for name in models:
-        runs = []
         for i, (rest, held) in enumerate(folds, 1):
             inner = _data.make_split([by_key[key] for key in rest], seed=profile.seed + i,
                                      fractions=(1 - val_share, val_share, 0.0))
             fold_dir = root / _slug(name) / f"fold{i}"
             sub = _sub_prep(prep, fold_dir / "split.json", inner.train, inner.val, held, fold=i, k=k)
-            arch = _train_one(profile, sub, name, fold_dir, epochs if is_student(name) else None, progress,
-                              {"fold": i, "k": k})
+            folds_of[name].append((i, inner, held, fold_dir, sub))
+
+    def train_args(name, i, fold_dir, sub, show):
+        return (profile, sub, name, fold_dir, epochs if is_student(name) else None, show, {"fold": i, "k": k})
+
+    # the students' folds side by side (parallel.run), then loaded below; teachers (full) one at a time
+    _parallel.run(profile, [_parallel.Job(f"{name} fold {i}", _train_one, train_args(name, i, d, sub, False),
+                                          run_dir=d)
+                            for name in models if is_student(name) for i, _, _, d, sub in folds_of[name]],
+                  progress=progress, desc=f"{k}-fold")
+    for name in models:
+        runs = []
+        for i, inner, held, fold_dir, sub in folds_of[name]:
+            arch = _train_one(*train_args(name, i, fold_dir, sub, progress))
             preds = _pipe.predictions(profile, fold_dir, arch, sub)
             rows = _pipe.evaluate(preds, rule="youden", n_boot=0, seed=profile.seed)
             runs.append({"fold": i, "n_train": len(inner.train), "n_val": len(inner.val), "n_test": len(held),

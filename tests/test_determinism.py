@@ -81,7 +81,7 @@ def _seed_runs(tmp: Path, threads: int) -> dict:
     script.write_text(SEEDS_SCRIPT)
     env = {**os.environ, "TBKD_ARTIFACTS": str(tmp / f"t{threads}" / "artifacts"),
            "TBKD_RESULTS": str(tmp / f"t{threads}" / "results"), "TBKD_PROGRESS": "off",
-           "OMP_NUM_THREADS": str(threads)}
+           "OMP_NUM_THREADS": str(threads), "TBKD_STUDENT_PROCESSES": "1"}  # trained here, with these threads
     proc = subprocess.run([sys.executable, str(script)], env=env, text=True, capture_output=True)
     assert proc.returncode == 0, f"{threads} thread(s) failed:\n{(proc.stdout + proc.stderr)[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -384,12 +384,18 @@ cells = [
     (MobileNet's trap of chapter 02).
     Only the loss differs. Each student goes to
     `artifacts/<profile>/students/<variant>-<guide>/` and is loaded, not retrained, on a second run.
+
+    The four are independent runs, and a student is too small to keep two cores busy, so on a
+    CPU they train side by side, one process of one thread per core (`tbkd_helpers/parallel.py`;
+    `TBKD_STUDENT_PROCESSES=1` trains them here, one after the other). A worker changes only the
+    thread count: a student trained in one has the weights this process would give it with one
+    thread, whatever else runs beside it.
     """),
     code("""
-    students, histories = {}, {}
-    for variant in tk.distill.VARIANTS:
-        students[variant], histories[variant], _ = tk.pipeline.train_student(profile, variant, prep, guide=GUIDE,
-                                                                             cam_loss=CAM_LOSS, progress=PROGRESS)
+    trained = tk.pipeline.train_students(profile, prep, [{"variant": v, "guide": GUIDE, "cam_loss": CAM_LOSS}
+                                                         for v in tk.distill.VARIANTS], progress=PROGRESS)
+    students = {v: model for v, (model, _, _) in zip(tk.distill.VARIANTS, trained)}
+    histories = {v: hist for v, (_, hist, _) in zip(tk.distill.VARIANTS, trained)}
     for variant, h in histories.items():
         print(f"{variant:>7}: kept epoch {h.best_epoch} of {len(h)}, {sum(h.seconds):.0f} s of training")
     """),
@@ -546,11 +552,13 @@ cells = [
     code("""
     option_scores = {f"cam · {rule} · {CAM_LOSS}": scores["cam"]}
     option_runs, option_histories = {}, {}
-    for variant, guide, loss in (OPTIONS if OPTIONS is not None else tk.pipeline.extra_students(profile)):
+    options = OPTIONS if OPTIONS is not None else tk.pipeline.extra_students(profile)
+    trained = tk.pipeline.train_students(profile, prep, [{"variant": v, "guide": g, "cam_loss": loss}
+                                                         for v, g, loss in options], progress=PROGRESS)
+    for (variant, guide, loss), (model, hist, _) in zip(options, trained):
         name = f"{variant} · {guide} · {loss}"
         option_runs[name] = {"variant": variant, "guide_mode": guide, "cam_loss": loss}
-        model, option_histories[name], _ = tk.pipeline.train_student(profile, variant, prep, guide=guide,
-                                                                     cam_loss=loss, progress=PROGRESS)
+        option_histories[name] = hist
         option_scores[name] = tk.pipeline.score_student(profile, prep, model, variant, guide, loss, rule=RULE,
                                                         n_boot=N_BOOT)
     tk.reports.ablation_table({n: s["test"] for n, s in option_scores.items()},
