@@ -16,6 +16,9 @@ checkpoints as if it had trained them itself (every run folder is a cache).
   one after the other, with this process's threads.
 - A job's result depends on its thread count (the order of floating-point sums), not on how
   many jobs run beside it: the same job gives the same weights in any worker.
+- Progress: a job that says how many ``epochs`` it trains gets an ``on_epoch_end`` callback
+  (:func:`epoch_done`; its function must accept it, as ``pipeline.train_student`` does), and
+  the bar counts epochs over all jobs; otherwise it counts finished runs.
 - Stopped (Ctrl-C, a failed job), the workers are ended; each run resumes from its last
   finished epoch next time (``train.EpochLoop``; a dead worker's run lock is taken over).
 """
@@ -36,7 +39,8 @@ ENV = "TBKD_STUDENT_PROCESSES"
 class Job:
     """One training run: ``fn(*args, **kwargs)`` (a module-level function) that trains into
     ``run_dir``. ``cost``: its expected cost relative to the other jobs (the longest start
-    first, so that no process is left with a long job at the end)."""
+    first, so that no process is left with a long job at the end). ``epochs``: how many it
+    trains (0: not said; see the module doc on progress)."""
 
     label: str
     fn: Callable
@@ -44,6 +48,7 @@ class Job:
     kwargs: dict = field(default_factory=dict)
     run_dir: Path | None = None
     cost: float = 1.0
+    epochs: int = 0
 
     @property
     def done(self) -> bool:
@@ -92,46 +97,89 @@ def _main_not_reimported():
             main.__dict__.update(saved)
 
 
-def _start_worker(threads: int) -> None:
+_EPOCH_SINK: Callable | None = None  # where epoch_done reports: a queue in a worker, the bar here
+
+
+def epoch_done(label: str, epoch: int, history=None) -> None:
+    """A job's ``on_epoch_end`` (bound to its label): one more epoch of ``label`` finished."""
+    if _EPOCH_SINK is not None:
+        _EPOCH_SINK(label)
+
+
+def _start_worker(threads: int, epochs=None) -> None:
+    global _EPOCH_SINK
     import torch
 
     torch.set_num_threads(threads)
+    _EPOCH_SINK = epochs.put if epochs is not None else None
 
 
 def _call(job: Job) -> tuple[str, float]:
+    from functools import partial
+
     t0 = time.perf_counter()
-    job.fn(*job.args, **job.kwargs)
+    extra = {"on_epoch_end": partial(epoch_done, job.label)} if job.epochs else {}
+    job.fn(*job.args, **job.kwargs, **extra)
     return job.label, time.perf_counter() - t0
+
+
+class _Progress:
+    """The bar of :func:`run`: epochs over all jobs when every job says its count, else runs."""
+
+    def __init__(self, jobs: Sequence[Job], desc: str, show: bool):
+        from tqdm.auto import tqdm
+
+        self.by_epoch = all(j.epochs for j in jobs)
+        self.left = {j.label: (j.epochs if self.by_epoch else 1) for j in jobs}
+        self.total, self.count = sum(self.left.values()), 0
+        self.bar = tqdm(total=self.total, desc=desc, unit="epoch" if self.by_epoch else "run", disable=not show)
+
+    def _add(self, k: int) -> None:
+        self.count += k
+        self.bar.update(k)
+
+    def epoch(self, label: str) -> None:
+        if self.by_epoch and self.left.get(label, 0) > 1:  # the last one is counted when the run ends
+            self.left[label] -= 1
+            self._add(1)
+
+    def finished(self, label: str, running: Sequence[str]) -> None:
+        self._add(self.left.pop(label, 0))  # a resumed run reports fewer epochs
+        self.bar.set_postfix_str(", ".join(running))
 
 
 def run(profile, jobs: Sequence[Job], progress: bool = True, desc: str = "training") -> dict[str, float]:
     """Run the ``jobs`` not yet done (see the module doc); returns ``{label: seconds}`` of
     the jobs it ran. A job that fails stops the others and raises, naming the job."""
+    global _EPOCH_SINK
     todo = sorted((j for j in jobs if not j.done), key=lambda j: -j.cost)
     if not todo:
         return {}
     n = processes(profile, len(todo))
-    from tqdm.auto import tqdm
-
     where = f"{n} processes of 1 thread" if n > 1 else "in this process"
-    bar = tqdm(total=len(todo), desc=f"{desc} ({where})", unit="run", disable=not progress)
+    bar = _Progress(todo, f"{desc} ({where})", progress)
     seconds: dict[str, float] = {}
     try:
         if n == 1:
-            for job in todo:
-                bar.set_postfix_str(job.label)
-                label, s = _call(job)
-                seconds[label] = s
-                bar.update()
+            _EPOCH_SINK = bar.epoch
+            for i, job in enumerate(todo):
+                bar.bar.set_postfix_str(job.label)
+                label, seconds[job.label] = _call(job)
+                bar.finished(label, [j.label for j in todo[i + 1:i + 2]])
             return seconds
         import multiprocessing as mp
 
+        ctx = mp.get_context("spawn")
+        epochs = ctx.Queue()
         with _main_not_reimported():  # the workers start here
-            pool = mp.get_context("spawn").Pool(n, initializer=_start_worker, initargs=(1,))
+            pool = ctx.Pool(n, initializer=_start_worker, initargs=(1, epochs))
         with pool:
             pending = {job.label: pool.apply_async(_call, (job,)) for job in todo}
-            bar.set_postfix_str(", ".join(j.label for j in todo[:n]))
+            bar.bar.set_postfix_str(", ".join(j.label for j in todo[:n]))
             while pending:
+                time.sleep(0.5)
+                while not epochs.empty():
+                    bar.epoch(epochs.get())
                 for label, res in list(pending.items()):
                     if res.ready():
                         try:
@@ -139,10 +187,8 @@ def run(profile, jobs: Sequence[Job], progress: bool = True, desc: str = "traini
                         except Exception as e:
                             raise RuntimeError(f"{desc}: the run {label!r} failed: {e}") from e
                         del pending[label]
-                        bar.update()
-                        running = [j.label for j in todo if j.label in pending][:n]
-                        bar.set_postfix_str(", ".join(running))
-                time.sleep(0.5)
+                        bar.finished(label, [j.label for j in todo if j.label in pending][:n])
         return seconds
     finally:
-        bar.close()
+        _EPOCH_SINK = None
+        bar.bar.close()

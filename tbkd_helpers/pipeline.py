@@ -180,13 +180,14 @@ class _RunLock:
 
 def _fit(profile, prep, arch: str, ckpt_dir: Path, settings: _train.TrainSettings, progress: bool,
          model: torch.nn.Module | None = None, train_ds=None, extra: dict | None = None,
-         step_loss=None, seed: int | None = None):
+         step_loss=None, seed: int | None = None, on_epoch_end=None):
     with _RunLock(ckpt_dir):
         return _fit_locked(profile, prep, arch, ckpt_dir, settings, progress, model, train_ds, extra,
-                           step_loss, seed)
+                           step_loss, seed, on_epoch_end)
 
 
-def _fit_locked(profile, prep, arch, ckpt_dir, settings, progress, model, train_ds, extra, step_loss, seed):
+def _fit_locked(profile, prep, arch, ckpt_dir, settings, progress, model, train_ds, extra, step_loss, seed,
+                on_epoch_end=None):
     seed_everything(profile.seed if seed is None else seed)
     model = model if model is not None else new_model(profile, arch)
     plain_train = classifier_dataset(profile, prep, arch, "train")
@@ -194,7 +195,7 @@ def _fit_locked(profile, prep, arch, ckpt_dir, settings, progress, model, train_
         train_ds = classifier_dataset(profile, prep, arch, "train", augment=True)
     val_ds = classifier_dataset(profile, prep, arch, "val")
     hist = _train.fit(model, train_ds, val_ds, settings, ckpt_dir, device=torch_device(profile.device),
-                      progress=progress, calib_ds=plain_train, step_loss=step_loss,
+                      progress=progress, calib_ds=plain_train, step_loss=step_loss, on_epoch_end=on_epoch_end,
                       extra_settings={**_fingerprint(profile, prep, arch), **(extra or {})})
     (ckpt_dir / "last.pt").unlink(missing_ok=True)  # finished: the resume state is not needed
     return model, hist
@@ -428,7 +429,7 @@ def train_students(profile, prep: _data.Prepared, runs: Sequence[dict], progress
                                   (profile, r["variant"], prep),
                                   {**{k: v for k, v in r.items() if k != "variant"}, "progress": False},
                                   run_dir=student_dir(profile, r["variant"], guide, loss, seed),
-                                  cost=STUDENT_COST.get(r["variant"], 1.0)))
+                                  cost=STUDENT_COST.get(r["variant"], 1.0), epochs=profile.student_epochs))
     todo = [j for j in jobs if not j.done]
     if todo:
         for guide in dict.fromkeys(r.get("guide") for r, j in zip(runs, jobs) if r["variant"] != "ce" and not j.done):
@@ -439,7 +440,7 @@ def train_students(profile, prep: _data.Prepared, runs: Sequence[dict], progress
 
 def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None = None,
                   guide: str | None = None, cam_loss: str = "mse", progress: bool = True, seed: int | None = None,
-                  ckpt_dir: Path | None = None):
+                  ckpt_dir: Path | None = None, on_epoch_end=None):
     """Train (or load) a student: "ce", "kd", "cam" or "kd+cam" (see ``distill``).
 
     The guiding teacher maps and logits are read from the stage-3 caches of the training
@@ -450,6 +451,7 @@ def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None 
     ``ckpt_dir`` (default :func:`student_dir`) holds a run trained with other loss weights
     than the profile's (``scripts/tune_student.py``). ``guide``: :func:`guide_mode`'s
     (default: the profile's rule).
+    ``on_epoch_end``: ``train.fit``'s (progress of runs side by side, ``parallel``).
     Returns ``(model, History, Guide or None)``.
     """
     prep = prep or _data.prepare(profile, progress=progress)
@@ -462,7 +464,7 @@ def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None 
     code = {"code_sha256": distill_code_digest()}
     if variant == "ce":
         m, hist = _fit(profile, prep, arch, ckpt_dir, t_settings, progress, model=model,
-                       extra={"variant": variant, **code}, seed=seed)
+                       extra={"variant": variant, **code}, seed=seed, on_epoch_end=on_epoch_end)
         return m, hist, None
     aucs, mode, views, caches = guide_caches(profile, prep, guide, progress)
     g = _distill.make_guide(caches, aucs, mode)
@@ -476,7 +478,8 @@ def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None 
     if views is not None:
         extra["guide_views"] = int(views.shape[1])
     m, hist = _fit(profile, prep, arch, ckpt_dir, t_settings, progress, model=model, train_ds=train_ds,
-                   extra=extra, step_loss=_distill.make_step_loss(layer, ds_settings), seed=seed)
+                   extra=extra, step_loss=_distill.make_step_loss(layer, ds_settings), seed=seed,
+                   on_epoch_end=on_epoch_end)
     return m, hist, g
 
 

@@ -221,8 +221,9 @@ def _sub_prep(prep: _data.Prepared, path: Path, train, val, test, **about) -> _d
 
 
 def _train_one(profile, sub: _data.Prepared, name: str, ckpt_dir: Path, epochs: int, progress: bool,
-               extra: dict):
-    """Train model ``name`` (a teacher's arch or ``student (ce)``) on ``sub``'s split."""
+               extra: dict, on_epoch_end=None):
+    """Train model ``name`` (a teacher's arch or ``student (ce)``) on ``sub``'s split
+    (``on_epoch_end``: ``train.fit``'s)."""
     if is_student(name):
         if _variant(name) != "ce":
             raise ValueError(f"{name}: only the CE student is cross-validated (see the module doc)")
@@ -232,7 +233,7 @@ def _train_one(profile, sub: _data.Prepared, name: str, ckpt_dir: Path, epochs: 
         arch = name
         settings = _pipe.teacher_settings(profile, arch, epochs)
     model = _pipe.new_model(profile, arch)
-    _pipe._fit(profile, sub, arch, ckpt_dir, settings, progress, model=model, extra=extra)
+    _pipe._fit(profile, sub, arch, ckpt_dir, settings, progress, model=model, extra=extra, on_epoch_end=on_epoch_end)
     return arch
 
 
@@ -270,7 +271,7 @@ def kfold(profile, prep: _data.Prepared, models: Sequence[str] | None = None, k:
 
     # the students' folds side by side (parallel.run), then loaded below; teachers (full) one at a time
     _parallel.run(profile, [_parallel.Job(f"{name} fold {i}", _train_one, train_args(name, i, d, sub, False),
-                                          run_dir=d)
+                                          run_dir=d, epochs=epochs)
                             for name in models if is_student(name) for i, _, _, d, sub in folds_of[name]],
                   progress=progress, desc=f"{k}-fold")
     for name in models:

@@ -30,6 +30,20 @@ def test_jobs_run_in_workers_longest_first_and_finished_runs_are_skipped(tmp_pat
     assert parallel.run(_profile(2), jobs, progress=False) == {}  # all done now: nothing starts
 
 
+def test_the_bar_counts_epochs_and_tops_up_a_resumed_run():
+    jobs = [parallel.Job("a", int, epochs=3), parallel.Job("b", int, epochs=2)]
+    bar = parallel._Progress(jobs, "students", show=False)
+    assert (bar.by_epoch, bar.total) == (True, 5)
+    for _ in range(3):
+        bar.epoch("a")  # its last epoch counts when the run ends
+    assert bar.count == 2
+    bar.finished("a", ["b"])
+    bar.finished("b", [])  # resumed: it reported none of its epochs
+    assert bar.count == bar.total == 5
+    runs = parallel._Progress([parallel.Job("a", int, epochs=3), parallel.Job("c", int)], "k-fold", show=False)
+    assert (runs.by_epoch, runs.total) == (False, 2)  # one job does not say: the bar counts runs
+
+
 def test_a_failing_run_stops_the_others_and_names_itself(tmp_path):
     jobs = [parallel.Job("the bad one", int, ("not a number",), cost=2),
             parallel.Job("a good one", store.write_json, (tmp_path / "ok.json", {}))]
@@ -85,7 +99,10 @@ def test_a_student_trained_in_a_worker_is_the_one_trained_here_with_one_thread(m
                               image_size=32, inception_size=32, cam_size=8, guide_views=2, student_processes=2)
     prep = tk.data.prepare(p, progress=False)
     runs = [{"variant": "ce", "seed": 1}, {"variant": "kd+cam", "seed": 1}]
+    epochs = []
+    monkeypatch.setattr(parallel._Progress, "epoch", lambda self, label: epochs.append(label))
     trained = tk.pipeline.train_students(p, prep, runs, progress=False)
+    assert set(epochs) == {"ce seed 1", "kd+cam seed 1"}  # the workers report their epochs
     assert all((tk.pipeline.student_dir(p, r["variant"], seed=1) / "done.json").is_file() for r in runs)
     assert torch.get_num_threads() == 1
     for r, (model, hist, _) in zip(runs, trained):
