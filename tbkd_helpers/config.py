@@ -6,7 +6,7 @@ here, so that a runner (papermill, ``make reproduce PROFILE=...``) changes one w
 - ``quick``: the built-in phantom chest X-rays, tiny images, few epochs; the whole kit
   runs in minutes on a 2-core CPU, offline. Committed notebook outputs show this one.
 - ``real``: the NLM Shenzhen + Montgomery sets from ``TBKD_DATA_DIR``, sized so that a
-  2-core CPU finishes the whole kit in under two hours (its students train longest).
+  2-core CPU finishes the whole kit in about 90 minutes (its students train longest).
 - ``full``: the paper's settings (224 px, 299 px for Inception V3) on real data; for a GPU.
 """
 from __future__ import annotations
@@ -139,7 +139,7 @@ PROFILES: dict[str, Profile] = {
     # cannot even fit the guide's maps of one batch (benchmarks/bench_cam_fit.py).
     "quick": Profile(name="quick", data="phantom", vgg_head="gap", phantom_difficulty=0.0, teacher_epochs=8,
                      batch_size=8, cam_stride=8, student_epochs=15, guide_views=6),
-    # real: sized for a 2-core CPU (aimed at 90 minutes; from nothing 95.0 on 2026-12-07, the students 49 of them). Measured training cost per image
+    # real: sized for a 2-core CPU (aimed at 90 minutes; from nothing 79.4 on 2026-12-07, the students side by side). Measured training cost per image
     # (batch 32) at 128 px: VGG16 271 ms, Inception V3 (160 px) 73, DenseNet121 65,
     # ResNet18 29, MobileNet V3 Large 14, Small 6 -- VGG16 alone is 60 % of the teachers.
     # 112 px (144 for Inception) and 10 epochs keep the five teachers near 35 minutes.
