@@ -85,16 +85,15 @@ def _main_not_reimported():
     would re-run a user's script that has no ``if __name__ == "__main__"`` guard. The jobs
     are functions of this package, never of ``__main__``, so the workers are started as
     from an interactive session (a notebook's kernel, a REPL): without the main script."""
-    main = sys.modules.get("__main__")
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
     try:
         main.__dict__.pop("__file__", None)
         if "__spec__" in saved:
             main.__spec__ = None  # spawn reads it; None: no module to import
         yield
     finally:
-        if main is not None:
-            main.__dict__.update(saved)
+        main.__dict__.update(saved)
 
 
 _EPOCH_SINK: Callable | None = None  # where epoch_done reports: a queue in a worker, the bar here

@@ -420,7 +420,6 @@ def train_students(profile, prep: _data.Prepared, runs: Sequence[dict], progress
     order of ``runs``; a second call loads them all."""
     from . import parallel as _parallel
 
-    runs = [dict(r) for r in runs]
     jobs = []
     for r in runs:
         seed = profile.seed if r.get("seed") is None else int(r["seed"])
@@ -430,11 +429,9 @@ def train_students(profile, prep: _data.Prepared, runs: Sequence[dict], progress
                                   {**{k: v for k, v in r.items() if k != "variant"}, "progress": False},
                                   run_dir=student_dir(profile, r["variant"], guide, loss, seed),
                                   cost=STUDENT_COST.get(r["variant"], 1.0), epochs=profile.student_epochs))
-    todo = [j for j in jobs if not j.done]
-    if todo:
-        for guide in dict.fromkeys(r.get("guide") for r, j in zip(runs, jobs) if r["variant"] != "ce" and not j.done):
-            guide_caches(profile, prep, guide, progress)
-        _parallel.run(profile, todo, progress=progress, desc="students")
+    for guide in dict.fromkeys(r.get("guide") for r, j in zip(runs, jobs) if r["variant"] != "ce" and not j.done):
+        guide_caches(profile, prep, guide, progress)
+    _parallel.run(profile, jobs, progress=progress, desc="students")  # starts only the runs not done
     return [train_student(profile, prep=prep, progress=progress, **r) for r in runs]
 
 
