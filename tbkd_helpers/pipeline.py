@@ -14,7 +14,7 @@ CLI): it is the only one that imports every room.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -415,24 +415,33 @@ def train_students(profile, prep: _data.Prepared, runs: Sequence[dict], progress
     """Train (or load) several students side by side (``parallel.run``: on a CPU, one process
     of one thread per core), then load each one here. ``runs``: :func:`train_student`'s
     keyword arguments, one dict per student (``variant``, and optionally ``guide``,
-    ``cam_loss``, ``seed``). The guides' caches are built first, here, so that no two
+    ``cam_loss``, ``seed``, ``ckpt_dir``, and ``profile``: a variant of ``profile`` for that
+    run, as the settings study trains). The guides' caches are built first, here, so that no two
     processes build the same one. Returns ``[(model, History, Guide or None)]`` in the
     order of ``runs``; a second call loads them all."""
     from . import parallel as _parallel
 
-    jobs = []
+    jobs, profiles = [], []
     for r in runs:
-        seed = profile.seed if r.get("seed") is None else int(r["seed"])
+        p = r.get("profile", profile)
+        profiles.append(p)
+        seed = p.seed if r.get("seed") is None else int(r["seed"])
         guide, loss = r.get("guide"), r.get("cam_loss", "mse")
+        kwargs = {k: v for k, v in r.items() if k not in ("variant", "profile")}
+        run_dir = Path(r["ckpt_dir"]) if r.get("ckpt_dir") else student_dir(p, r["variant"], guide, loss, seed)
         jobs.append(_parallel.Job(_run_label(r["variant"], guide, loss, seed), train_student,
-                                  (profile, r["variant"], prep),
-                                  {**{k: v for k, v in r.items() if k != "variant"}, "progress": False},
-                                  run_dir=student_dir(profile, r["variant"], guide, loss, seed),
-                                  cost=STUDENT_COST.get(r["variant"], 1.0), epochs=profile.student_epochs))
-    for guide in dict.fromkeys(r.get("guide") for r, j in zip(runs, jobs) if r["variant"] != "ce" and not j.done):
-        guide_caches(profile, prep, guide, progress)
+                                  (p, r["variant"], prep), {**kwargs, "progress": False}, run_dir=run_dir,
+                                  cost=STUDENT_COST.get(r["variant"], 1.0) * p.student_epochs / profile.student_epochs,
+                                  epochs=p.student_epochs))
+    built = set()
+    for p, r, j in zip(profiles, runs, jobs):
+        key = (repr(p), r.get("guide"))
+        if r["variant"] != "ce" and not j.done and key not in built:
+            built.add(key)
+            guide_caches(p, prep, r.get("guide"), progress)
     _parallel.run(profile, jobs, progress=progress, desc="students")  # starts only the runs not done
-    return [train_student(profile, prep=prep, progress=progress, **r) for r in runs]
+    return [train_student(p, prep=prep, progress=progress, **{k: v for k, v in r.items() if k != "profile"})
+            for p, r in zip(profiles, runs)]
 
 
 def train_student(profile, variant: str = "kd+cam", prep: _data.Prepared | None = None,
@@ -1075,19 +1084,93 @@ def tune_student(profile, prep: _data.Prepared, grid: Sequence[dict] = TUNING_GR
 PATIENCE_GRID = ((60, 16),)
 
 
-def _student_val_row(p, model, hist, val_ds, lungs: np.ndarray, guide_maps: np.ndarray, prep) -> dict:
+def _student_val_row(p, model, hist, val_ds, lungs: np.ndarray, guide_maps: np.ndarray, prep,
+                     lesions: np.ndarray | None = None) -> dict:
     """A trained student's **validation** figures for the studies below: the kept epoch's
     AUC and cross-entropy, the accuracy at P(TB) 0.5, the in-lung share of its Grad-CAM
-    maps and their agreement with ``guide_maps``, and its training time."""
+    maps and their agreement with ``guide_maps``, and its training time; with ``lesions``
+    (phantoms: the validation images' lesion masks) also the lesion share and pointing game."""
     probs, labels = _train.predict(model, val_ds, device=torch_device(p.device))
     maps, _ = student_maps(p, model, prep, "val")
-    att = attention_figures(maps, lungs, np.zeros_like(lungs), guide_maps, n_boot=0)
+    att = attention_figures(maps, lungs, np.zeros_like(lungs) if lesions is None else lesions, guide_maps,
+                            n_boot=0)
     f = hist.final or {}
-    return {"best_epoch": hist.best_epoch, "val_auc": _num(f.get("val_auc", float("nan"))),
-            "val_loss": _num(f.get("val_loss", float("nan"))),
-            "val_accuracy": _num(float(((probs >= 0.5) == labels).mean())),
-            "in_lung": att["in_lung"]["mean"], "agreement": att["agreement"]["mean"],
-            "seconds": round(float(sum(hist.seconds)), 1)}
+    row = {"best_epoch": hist.best_epoch, "val_auc": _num(f.get("val_auc", float("nan"))),
+           "val_loss": _num(f.get("val_loss", float("nan"))),
+           "val_accuracy": _num(float(((probs >= 0.5) == labels).mean())),
+           "in_lung": att["in_lung"]["mean"], "agreement": att["agreement"]["mean"],
+           "seconds": round(float(sum(hist.seconds)), 1)}
+    if lesions is not None and att["lesion_share"]["mean"] is not None:
+        row.update(lesion_share=att["lesion_share"]["mean"], pointing=att["pointing"]["mean"])
+    return row
+
+
+#: profile settings that change only how a distilled student learns from its guide: a ce
+#: student trained under a change of these alone is the profile's own ce student
+DISTILL_ONLY = frozenset({"kd_alpha", "kd_temperature", "cam_beta", "cam_order", "cam_stride", "cam_size", "guide"})
+SETTINGS_FIGURES = ("val_auc", "val_loss", "val_accuracy", "in_lung", "lesion_share", "pointing", "agreement",
+                    "seconds")
+
+
+def setting_label(change: Mapping) -> str:
+    """A settings study's name of one change of the profile: ``"cam_beta=4, cam_order=first"``."""
+    return ", ".join(f"{k}={v}" for k, v in change.items()) or "profile's own"
+
+
+def settings_study(profile, prep: _data.Prepared, seeds: Sequence[int], variants: Sequence[str] = ("ce", "kd+cam"),
+                   grid: Sequence[Mapping] = (), on_row=None, progress: bool = False) -> dict:
+    """How do the students fare under other settings of the profile? Each ``variant`` trained
+    once per seed with the profile's own settings and with every change of ``grid`` (a dict
+    of :class:`config.Profile` fields), side by side (:func:`train_students`), with the
+    teachers of the fixed split; the same seed gives the same initial weights, so the runs
+    are paired. Only **validation** figures (:func:`_student_val_row`, with the lesion share
+    and pointing game where the lesions are known: phantoms). The test split is not read.
+
+    The profile's own setting reuses chapter 04's students; a ce student under a change
+    of :data:`DISTILL_ONLY` settings alone is the profile's own. Others train in
+    ``students/settings/<change>/``. Returns ``{"reference", "settings", "runs", "summary",
+    "paired", "versus_ce"}``: ``paired`` compares each setting with the profile's own per
+    variant, ``versus_ce`` each variant with ce within each setting (both paired by seed)."""
+    settings = [{}] + [dict(g) for g in grid if dict(g) and profile.replace(**g) != profile]
+    records = classifier_records(profile, prep, "val")
+    size = profile.size_for(profile.student)
+    lungs = lung_masks(profile, records, size, "lung")
+    lesions = lung_masks(profile, records, size, "lesion")
+    lesions = lesions if lesions.any() else None
+    val_ds = classifier_dataset(profile, prep, profile.student, "val")
+    runs, meta = [], []
+    for change in settings:
+        p = profile.replace(**change)
+        slug = setting_label(change).replace(", ", "_").replace("=", "-")
+        for v in variants:
+            for seed in seeds:
+                own = not change or (v == "ce" and set(change) <= DISTILL_ONLY)
+                ckpt = None if own else Path(profile.artifacts) / "students" / "settings" / slug / f"{v}-seed{seed}"
+                runs.append({"variant": v, "seed": int(seed), "profile": p, **({"ckpt_dir": ckpt} if ckpt else {})})
+                meta.append((setting_label(change), p, v, int(seed)))
+    trained = train_students(profile, prep, runs, progress=progress)
+    guides = {}
+    rows = []
+    for (label, p, v, seed), (model, hist, _) in zip(meta, trained):
+        if label not in guides:
+            guides[label] = guide_for_part(p, prep, None, "val").cams
+        row = {"seed": seed, "variant": v, "setting": label,
+               **_student_val_row(p, model, hist, val_ds, lungs, guides[label], prep, lesions)}
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return summarize_settings(rows, [setting_label(c) for c in settings], variants)
+
+
+def summarize_settings(rows: Sequence[dict], settings: Sequence[str], variants: Sequence[str]) -> dict:
+    """:func:`settings_study`'s summary (see there)."""
+    figures = [f for f in SETTINGS_FIGURES if any(f in r for r in rows)]
+    summary, paired = summarize_paired(rows, lambda r: r["setting"], settings[0], variants, figures=figures)
+    versus = {}
+    if "ce" in variants:
+        _, versus = summarize_paired(rows, lambda r: r["variant"], "ce", settings, group="setting", figures=figures)
+    return {"reference": settings[0], "settings": list(settings), "runs": list(rows), "summary": summary,
+            "paired": paired, "versus_ce": versus}
 
 
 def patience_study(profile, prep: _data.Prepared, seeds: Sequence[int], variants: Sequence[str] = ("kd", "kd+cam"),

@@ -295,21 +295,28 @@ def format_diff(d: dict, pct: bool, digits: int | None = None) -> str:
     return f"{f * d['mean']:+.{dg}f}{unit} [{f * d['lo']:+.{dg}f}, {f * d['hi']:+.{dg}f}]"
 
 
-STUDY_FIGURES = ("val_auc", "val_accuracy", "in_lung", "agreement")
+STUDY_FIGURES = ("val_auc", "val_accuracy", "in_lung", "lesion_share", "pointing", "agreement")
 
 
 def study_row_line(row: dict, setting: str) -> str:
-    """One student of a validation study (``pipeline.patience_study``, ``guide_study``), a line."""
+    """One student of a validation study (``pipeline.patience_study``, ``guide_study``,
+    ``settings_study``), a line."""
+    lesions = (f"lesion share {row['lesion_share']}, pointing {row['pointing']}, "
+               if row.get("lesion_share") is not None else "")
     return (f"seed {row['seed']} {row['variant']:>6} {setting}: val AUC {row['val_auc']}, val accuracy "
-            f"{row['val_accuracy']}, in-lung {row['in_lung']}, agreement {row['agreement']}, "
+            f"{row['val_accuracy']}, in-lung {row['in_lung']}, {lesions}agreement {row['agreement']}, "
             f"kept epoch {row['best_epoch']}, {row['seconds']:.0f} s")
 
 
-def study_paired_lines(out: dict, label: str = "") -> list[str]:
-    """A study's paired differences from its reference setting, a line per variant and setting."""
-    return [f"{v}: {label}{k} minus {out['reference']} (paired by seed, 95 % t interval): " + ", ".join(
-                f"{f} {format_diff(d[f], False, digits=3)}" for f in STUDY_FIGURES if d[f]["mean"] is not None)
-            for v, by in out["paired"].items() for k, d in by.items()]
+def study_paired_lines(out: dict, label: str = "", by: str = "") -> list[str]:
+    """A study's paired differences from its reference, a line per group and setting
+    (``out["paired"]``: ``{group: {setting: {figure: difference}}}``; ``by`` names the group
+    in the line, as in "within cam_beta=4: kd+cam minus ce")."""
+    head = (lambda g, k: f"within {g}: {k}") if by else (lambda g, k: f"{g}: {label}{k}")
+    return [f"{head(g, k)} minus {out['reference']} (paired by seed, 95 % t interval): " + ", ".join(
+                f"{f} {format_diff(d[f], False, digits=3)}" for f in STUDY_FIGURES
+                if f in d and d[f]["mean"] is not None)
+            for g, group in out["paired"].items() for k, d in group.items()]
 
 
 def seeds_table(seeds: dict, dataset: str = "all"):

@@ -300,3 +300,64 @@ def test_study_lines_say_each_run_and_each_paired_difference():
     lines = reports.study_paired_lines(out, "setting ")
     assert len(lines) == 1 and lines[0].startswith("kd: setting 40 epochs x 4 views minus 20 epochs x 4 views")
     assert "val_auc +0.020" in lines[0]
+
+
+def test_settings_study_trains_each_change_side_by_side_and_compares_with_ce_within_each(monkeypatch, tmp_path):
+    """The profile's own settings reuse chapter 04's folders; a ce student under a change of
+    distillation settings alone is the profile's own ce (not trained again); other runs go to
+    students/settings/<change>/; only validation is read; the lesion share is reported where
+    lesions are known; each setting is paired with the own by seed, each variant with ce."""
+    prof = get_profile("quick", cam_beta=1.0, student_epochs=15).replace(data_dir=tmp_path)
+    parts, batches = [], []
+    recs = [Record(key=f"k{i}", path=tmp_path / f"{i}.png", dataset="shenzhen", label=i % 2, patient_id=str(i))
+            for i in range(4)]
+    lesions = np.zeros((4, 8, 8), bool)
+    lesions[1, :2, :2] = lesions[3, :2, :2] = True
+
+    class Hist:
+        def __init__(self, score):
+            self.best_epoch, self.seconds, self.final = 2, [1.0], {"val_auc": score, "val_loss": 0.5}
+
+    def fake_train_students(p, prep, runs, progress=False):
+        batches.append([(r["variant"], r["seed"], r["profile"].cam_beta, r["profile"].student_epochs,
+                         r["ckpt_dir"].relative_to(p.artifacts).as_posix() if r.get("ckpt_dir") else None)
+                        for r in runs])
+        return [((r["variant"], r["profile"].cam_beta, r["seed"]),
+                 Hist(0.7 + 0.01 * r["seed"] + 0.05 * (r["variant"] != "ce") * r["profile"].cam_beta), None)
+                for r in runs]
+
+    def fake_maps(p, model, prep, part):
+        parts.append(part)
+        maps = np.full((4, 8, 8), 0.1, np.float32)
+        if model[0] != "ce":  # the distilled student puts more mass on the lesions, more with a larger beta
+            maps[:, :2, :2] = model[1]
+        return maps, recs
+
+    monkeypatch.setattr(pipeline, "train_students", fake_train_students)
+    monkeypatch.setattr(pipeline, "student_maps", fake_maps)
+    monkeypatch.setattr(pipeline, "classifier_records", lambda p, prep, part: parts.append(part) or recs)
+    monkeypatch.setattr(pipeline, "classifier_dataset", lambda p, prep, arch, part: parts.append(part) or part)
+    monkeypatch.setattr(pipeline, "lung_masks", lambda p, r, size, what: lesions if what == "lesion"
+                        else np.ones((4, 8, 8), bool))
+    monkeypatch.setattr(pipeline, "guide_for_part", lambda p, prep, g, part: parts.append(part) or
+                        type("G", (), {"cams": np.random.default_rng(0).random((4, 8, 8), dtype=np.float32)})())
+    monkeypatch.setattr(pipeline._train, "predict", lambda model, ds, device=None: (
+        np.array([0.2, 0.8, 0.4, 0.6]), np.array([0, 1, 0, 1])))
+    out = pipeline.settings_study(prof, None, [0, 1], ("ce", "kd+cam"),
+                                  [{"cam_beta": 4.0}, {"cam_beta": 1.0}, {"student_epochs": 30}])
+    assert set(parts) == {"val"}
+    assert batches == [[("ce", 0, 1.0, 15, None), ("ce", 1, 1.0, 15, None),
+                        ("kd+cam", 0, 1.0, 15, None), ("kd+cam", 1, 1.0, 15, None),
+                        ("ce", 0, 4.0, 15, None), ("ce", 1, 4.0, 15, None),  # beta changes no ce student
+                        ("kd+cam", 0, 4.0, 15, "students/settings/cam_beta-4.0/kd+cam-seed0"),
+                        ("kd+cam", 1, 4.0, 15, "students/settings/cam_beta-4.0/kd+cam-seed1"),
+                        ("ce", 0, 1.0, 30, "students/settings/student_epochs-30/ce-seed0"),
+                        ("ce", 1, 1.0, 30, "students/settings/student_epochs-30/ce-seed1"),
+                        ("kd+cam", 0, 1.0, 30, "students/settings/student_epochs-30/kd+cam-seed0"),
+                        ("kd+cam", 1, 1.0, 30, "students/settings/student_epochs-30/kd+cam-seed1")]]
+    assert out["settings"] == ["profile's own", "cam_beta=4.0", "student_epochs=30"]  # the no-op change is dropped
+    assert out["paired"]["kd+cam"]["cam_beta=4.0"]["val_auc"]["mean"] == pytest.approx(0.15)
+    within = out["versus_ce"]["cam_beta=4.0"]["kd+cam"]
+    assert within["val_auc"]["mean"] == pytest.approx(0.2) and within["val_auc"]["n"] == 2
+    assert within["lesion_share"]["mean"] > out["versus_ce"]["profile's own"]["kd+cam"]["lesion_share"]["mean"] > 0
+    assert all("test" not in k for r in out["runs"] for k in r)
