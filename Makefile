@@ -33,7 +33,7 @@ reproduce: $(STAMP)
 	$(VENV)/bin/tbkd reproduce --profile $(PROFILE) $(if $(TBKD_DATA_DIR),--data-dir $(TBKD_DATA_DIR),) $(if $(WEIGHTS),--weights $(WEIGHTS),)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra tests notebooks $(NBVAL)
+	$(PY) -m pytest -q -ra --durations=15 tests notebooks $(NBVAL)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q -ra tests

@@ -1047,14 +1047,6 @@ TUNING_GRID = ({}, {"kd_temperature": 1.0}, {"kd_temperature": 4.0}, {"cam_beta"
 TUNING_MARGIN = 0.02
 
 
-def extra_students(profile) -> list[tuple[str, str, str]]:
-    """Chapter 04's extra students ``(variant, guide, map loss)`` beside the ablation: on
-    the quick profile attention transfer and the fused guide; none on real and full (their
-    cost; ``scripts/tune_student.py`` compares attention transfer there, on validation; the
-    fused guide would need every teacher's maps of every view)."""
-    return [("cam", "best", "at"), ("cam", "fusion", "mse")] if profile.name == "quick" else []
-
-
 def tune_student(profile, prep: _data.Prepared, grid: Sequence[dict] = TUNING_GRID, variant: str = "kd+cam",
                  progress: bool = False) -> list[dict]:
     """Train one ``variant`` student per setting of ``grid`` (changes of the profile's

@@ -43,7 +43,7 @@ cells = [
     CAM_LOSS = "mse"        # the map term D: "mse", "l1" or "at" (attention transfer)
     N_BOOT = 1000           # bootstrap resamples behind each 95 % confidence interval
     RULE = "youden"         # threshold rule, applied on the validation split
-    OPTIONS = None          # None: the extra students of the profile, see tk.pipeline.extra_students
+    OPTIONS = None          # extra students, a list of (variant, guide, loss); None: none
     SEEDS = 3               # students trained per variant, paired by seed (the seed-to-seed spread)
     PROGRESS = False        # True: progress bars while training (interactive use)
     """),
@@ -336,18 +336,20 @@ cells = [
     That second-order part has a price: its backward pass runs again through every layer after the
     Grad-CAM layer, so a kd+cam step costs more than a plain one (`benchmarks/bench_student.py`
     times both). The setting `profile.cam_order` chooses it: `"second"` (the cell above with
-    `create_graph=True`, the quick profile's setting) or `"first"` (the channel weights held
-    constant, as with `create_graph=False`: about the cost of a plain step; the real profile's). Whether the student
-    loses anything without it is a question for the validation split, which
-    `benchmarks/bench_cam_order.py` answers over seeds, paired. A simpler check comes first: can a
+    `create_graph=True`) or `"first"` (the channel weights held constant, as with
+    `create_graph=False`: about the cost of a plain step). Whether the student loses anything
+    without it is a question for the validation split. A simpler check comes first: can a
     fresh student, trained on the map term alone, fit the guide's maps of a single batch?
     `benchmarks/bench_cam_fit.py` tries both orders from the same start. Second-order, the term
     falls towards 0 within a few dozen steps; first-order it hardly moves: with the Grad-CAM
     weights held constant, every step reshapes the activations for channel weights that the
-    step itself then changes. So the quick profile keeps the second-order term, and pays for it.
-    The real profile's larger stride-16 layer is another matter: there, over 3 seeds paired on
-    validation, the first-order students scored as well (within the margin the kit asks of any
-    change of its settings, `TUNING_MARGIN`) at about half the cost, so it takes `"first"` (the README gives both measurements):
+    step itself then changes. One batch is not training, though. Over 3 seeds paired on the
+    validation split, the real profile's first-order students scored as well as the second-order
+    ones (within the margin the kit asks of any change of its settings, `TUNING_MARGIN`;
+    `benchmarks/bench_cam_order.py`), and on the phantoms of the quick profile
+    (`scripts/settings_study.py`) neither order made the students' maps follow the guide's on
+    validation images; the first-order students did no worse, in half the time. So both profiles
+    take `"first"` (the comment on each profile in `tbkd_helpers/config.py` gives the figures):
     """),
     code("""
     print(f"this run: cam_order = {profile.cam_order!r}")
@@ -543,16 +545,18 @@ cells = [
     The same `cam` student (maps only, no soft predictions), with the map term computed by attention
     transfer instead, and guided by the validation-weighted fusion of all five teachers (`OPTIONS`
     in the parameters cell, a list of `(variant, guide, loss)`; add `("cam", "best", "l1")` for the
-    L1 distance). Each student's agreement is measured with *its own* guide's test maps. On the
-    `real` and `full` profiles none is trained here by default: each costs as much as a student of
-    the ablation, and a fused guide needs every teacher's maps of every view (five times the
-    guide's cost); the tuning table near the top of this chapter compares attention transfer there,
-    on the validation split.
+    L1 distance). Each student's agreement is measured with *its own* guide's test maps. No
+    profile trains them by default (`OPTIONS = None`: the table below then holds the ablation's
+    `cam` student alone): each costs as much as a student of the ablation, and a fused guide needs
+    every teacher's maps of every view (five times the guide's cost; on the `quick` profile the two
+    took over two minutes of this chapter on a 2-core CPU). Try
+    `OPTIONS = [("cam", "best", "at"), ("cam", "fusion", "mse")]`; where a profile has a tuning run,
+    the tuning table near the top of this chapter compares attention transfer on the validation split.
     """),
     code("""
     option_scores = {f"cam · {rule} · {CAM_LOSS}": scores["cam"]}
     option_runs, option_histories = {}, {}
-    options = OPTIONS if OPTIONS is not None else tk.pipeline.extra_students(profile)
+    options = OPTIONS or []
     trained = tk.pipeline.train_students(profile, prep, [{"variant": v, "guide": g, "cam_loss": loss}
                                                          for v, g, loss in options], progress=PROGRESS)
     for (variant, guide, loss), (model, hist, _) in zip(options, trained):
