@@ -24,13 +24,14 @@ cells = [
     1. writes the loss down, term by term, and explains the temperature and the $T^2$,
     2. chooses the guiding teacher **on the validation split**,
     3. shows the two pieces of machinery the map term needs: a Grad-CAM that can be
-       differentiated (and why MobileNet's hard activations had to be replaced), and an
+       differentiated (and why MobileNet's hard activations are replaced for its second-order form), and an
        augmentation that moves the image and its guide map together,
     4. trains **four students with the same seed and data** — labels only, + soft predictions,
        + maps, + both — and compares them in an **ablation table** with confidence intervals,
        including where the students look,
-    5. tries the other map losses and a fused guide, shows the students' maps next to the
-       teacher's, and adds the student to the CAM explorer.
+    5. shows the students' maps next to the teacher's and adds the student to the CAM explorer;
+       the other map losses and a fused guide are one parameter away (`OPTIONS`), and no profile
+       trains them by default.
 
     The code lives in `tbkd_helpers` (`distill.py` for the loss and the data, `cam.py` for the
     differentiable Grad-CAM, `pipeline.py` for training and scoring; figures in `viz.py`).
@@ -295,9 +296,12 @@ cells = [
     print(f"the replacements compute exactly the same values: {same}")
     """, check=True),
     md("""
-    The fused hard-sigmoid has no second derivative, so without the swap the map term would fail on
-    the first batch (older PyTorch versions lacked hard-swish's too; the kit swaps both). The swap
-    changes no value, so a checkpoint trained either way loads into the other.
+    The fused hard-sigmoid has no second derivative, so without the swap the second-order map term
+    (`cam_order = "second"`, the `create_graph=True` half of the cell below) would fail on the first
+    batch; the first-order term (`"first"`) needs only first derivatives, which the fused kernels
+    have. Older PyTorch versions lacked hard-swish's second derivative too; the kit swaps both in
+    every MobileNet it builds, whatever the order. The swap changes no value, so a checkpoint
+    trained either way loads into the other.
 
     Now a map term like the training one on a real batch, with a freshly initialised student (here
     on the whole batch and after the ReLU, as chapter 03's maps are; training uses the TB images
@@ -348,8 +352,9 @@ cells = [
     ones (within the margin the kit asks of any change of its settings, `TUNING_MARGIN`;
     `benchmarks/bench_cam_order.py`), and on the phantoms of the quick profile
     (`scripts/settings_study.py`) neither order made the students' maps follow the guide's on
-    validation images; the first-order students did no worse, in half the time. So both profiles
-    take `"first"` (the comment on each profile in `tbkd_helpers/config.py` gives the figures):
+    validation images; the first-order students did no worse, in half the time. So the quick and
+    real profiles take `"first"` (the full profile keeps `"second"`; the comment on each profile in
+    `tbkd_helpers/config.py` gives the figures):
     """),
     code("""
     print(f"this run: cam_order = {profile.cam_order!r}")
@@ -500,8 +505,9 @@ cells = [
     - **Agreement with the guide is where the map term should show.** `ce` and `kd` never saw a map,
       so their agreement is the baseline. Compare each map-trained student's interval (`cam`,
       `kd+cam`) with theirs: where it lies above, the map term taught that student to look where the
-      teacher looks, on test images it never saw; the verdict line says which, and in a given run the
-      term may lift one of them and not the other.
+      teacher looks, on test images it never saw. The verdict line above only says whether the
+      highest student's interval lies clear of all the others'; where it does not, this run has not
+      shown that the map term moved any student's maps.
     - **In-lung share** against the chance level printed above (a map spread evenly): a student
       above it looks at the lungs more than a blind map would.
     - The bootstrap intervals only cover *which test images* happened to be drawn. Training the same
@@ -510,9 +516,9 @@ cells = [
     ### Over seeds: the spread one run hides
 
     One training run is one draw. The seed sets the student's first weights, the order of its
-    batches and its augmented views — and the double backward of the map term adds rounding that
-    differs between CPUs and thread counts, so even the same seed can land elsewhere on another
-    machine. A difference between two students means something only if it survives that spread.
+    batches and its augmented views, and rounding differs between CPUs and thread counts (more so
+    with the second-order map term's double backward), so even the same seed can land elsewhere on
+    another machine. A difference between two students means something only if it survives that spread.
 
     So each of the four students is trained with `SEEDS` seeds (the first is the run above). The
     seed is shared: for a given seed, `ce`, `kd`, `cam` and `kd+cam` start from the same weights and
@@ -542,14 +548,14 @@ cells = [
 
     ### Other map losses, and the fused guide
 
-    The same `cam` student (maps only, no soft predictions), with the map term computed by attention
-    transfer instead, and guided by the validation-weighted fusion of all five teachers (`OPTIONS`
-    in the parameters cell, a list of `(variant, guide, loss)`; add `("cam", "best", "l1")` for the
-    L1 distance). Each student's agreement is measured with *its own* guide's test maps. No
-    profile trains them by default (`OPTIONS = None`: the table below then holds the ablation's
-    `cam` student alone): each costs as much as a student of the ablation, and a fused guide needs
-    every teacher's maps of every view (five times the guide's cost; on the `quick` profile the two
-    took over two minutes of this chapter on a 2-core CPU). Try
+    Two more students can be trained beside the ablation: the same `cam` student (maps only, no soft
+    predictions) with the map term computed by attention transfer, and one guided by the
+    validation-weighted fusion of all five teachers (`OPTIONS` in the parameters cell, a list of
+    `(variant, guide, loss)`; add `("cam", "best", "l1")` for the L1 distance). Each student's
+    agreement is measured with *its own* guide's test maps. No profile trains them by default
+    (`OPTIONS = None`: the table below then holds the ablation's `cam` student alone): each costs
+    as much as a student of the ablation, and a fused guide needs every teacher's maps of every
+    view (five times the guide's cost). Try
     `OPTIONS = [("cam", "best", "at"), ("cam", "fusion", "mse")]`; where a profile has a tuning run,
     the tuning table near the top of this chapter compares attention transfer on the validation split.
     """),
@@ -575,8 +581,9 @@ cells = [
               f"agreement with its guide ({s['guide']}) {a['agreement']:.2f}")
     """),
     md("""
-    The same caution holds: compare each value with its interval and with the `cam` student of the
-    main ablation (first row). What to look for on real data: L1 and attention transfer keep pulling
+    With `OPTIONS` set, the table gains one row per extra student; with `OPTIONS = None` it holds
+    the ablation's `cam` student alone, with the figures of its row in the ablation table. Compare
+    each extra student's values and intervals with that first row. What to look for on real data: L1 and attention transfer keep pulling
     when the maps are already close (their gradients do not shrink with the difference, unlike the
     squared error's), which tends to buy agreement at some cost to the label term; the fused guide's
     maps are smoother (an average of several opinions, weighted by validation AUC), and its soft

@@ -116,7 +116,8 @@ cells = [
 
     Keep in mind what differs. The paper does not say how its models were trained; starting from
     ImageNet weights at 224 px and training for longer is the usual practice. The kit's `quick` profile
-    trains the full networks from scratch on tiny (64-px) synthetic phantoms for a few epochs — its verdicts say nothing
+    trains the networks from scratch on tiny synthetic phantoms (64 px, 80 px for Inception V3; VGG16
+    with a small head) for a few epochs — its verdicts say nothing
     about the paper, they only show the machinery — and the `real` profile reduces sizes and epochs to
     fit a laptop CPU.
     """),
