@@ -6,7 +6,8 @@
 
 Trains each ``--variants`` student once per seed with the profile's own settings and with
 every ``--change`` (one or more fields of ``config.Profile``, joined by commas), side by side,
-with the teachers of the fixed split (trained once), and reports **validation** figures only:
+with the teachers of the fixed split (trained once; so only the student's settings may change,
+``pipeline.STUDY_FIELDS``), and reports **validation** figures only:
 AUC, accuracy, in-lung share, agreement with the guide's maps and, on phantoms, the share of
 the maps' mass on the known lesions and the pointing game. Two comparisons, both paired by
 seed (``pipeline.settings_study``): each setting against the profile's own, and within each
@@ -32,13 +33,16 @@ def parse_change(text: str) -> dict:
     ``config.Profile``; a value is read as a Python literal when it is one, else as a string)."""
     from tbkd_helpers import config
 
-    fields = {f.name for f in dataclasses.fields(config.Profile)}
+    from tbkd_helpers import pipeline
+
+    fields = {f.name for f in dataclasses.fields(config.Profile)} & pipeline.STUDY_FIELDS
     out = {}
     for part in text.split(","):
         key, sep, raw = part.partition("=")
         key = key.strip()
         if not sep or key not in fields:
-            raise argparse.ArgumentTypeError(f"{part!r}: expected FIELD=VALUE with a field of config.Profile")
+            raise argparse.ArgumentTypeError(f"{part!r}: expected FIELD=VALUE, FIELD one of the student's settings: "
+                                             f"{', '.join(sorted(fields))}")
         try:
             out[key] = ast.literal_eval(raw.strip())
         except (ValueError, SyntaxError):

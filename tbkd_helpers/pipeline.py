@@ -1099,7 +1099,11 @@ def _student_val_row(p, model, hist, val_ds, lungs: np.ndarray, guide_maps: np.n
 
 #: profile settings that change only how a distilled student learns from its guide: a ce
 #: student trained under a change of these alone is the profile's own ce student
-DISTILL_ONLY = frozenset({"kd_alpha", "kd_temperature", "cam_beta", "cam_order", "cam_stride", "cam_size", "guide"})
+DISTILL_ONLY = frozenset({"kd_alpha", "kd_temperature", "cam_beta", "cam_order", "guide", "guide_views"})
+#: the profile fields a settings study may change: the student's alone (a change of a field the
+#: teachers, their maps or the data depend on would retrain them in place)
+STUDY_FIELDS = frozenset({"student", "student_epochs", "kd_alpha", "kd_temperature", "cam_beta", "cam_order",
+                          "guide", "guide_views"})
 SETTINGS_FIGURES = ("val_auc", "val_loss", "val_accuracy", "in_lung", "lesion_share", "pointing", "agreement",
                     "seconds")
 
@@ -1123,6 +1127,11 @@ def settings_study(profile, prep: _data.Prepared, seeds: Sequence[int], variants
     ``students/settings/<change>/``. Returns ``{"reference", "settings", "runs", "summary",
     "paired", "versus_ce"}``: ``paired`` compares each setting with the profile's own per
     variant, ``versus_ce`` each variant with ce within each setting (both paired by seed)."""
+    for g in grid:
+        bad = sorted(set(g) - STUDY_FIELDS)
+        if bad:
+            raise ValueError(f"settings study: {bad[0]!r} is not the student's to change (the teachers, their "
+                             f"maps or the data depend on it); choose from {', '.join(sorted(STUDY_FIELDS))}")
     settings = [{}] + [dict(g) for g in grid if dict(g) and profile.replace(**g) != profile]
     records = classifier_records(profile, prep, "val")
     size = profile.size_for(profile.student)

@@ -361,3 +361,5 @@ def test_settings_study_trains_each_change_side_by_side_and_compares_with_ce_wit
     assert within["val_auc"]["mean"] == pytest.approx(0.2) and within["val_auc"]["n"] == 2
     assert within["lesion_share"]["mean"] > out["versus_ce"]["profile's own"]["kd+cam"]["lesion_share"]["mean"] > 0
     assert all("test" not in k for r in out["runs"] for k in r)
+    with pytest.raises(ValueError, match="'batch_size' is not the student's"):  # it would retrain the teachers
+        pipeline.settings_study(prof, None, [0], ("ce",), [{"cam_beta": 2.0, "batch_size": 4}])
