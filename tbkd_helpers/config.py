@@ -132,8 +132,9 @@ PROFILES: dict[str, Profile] = {
     # images give 128 steps, the fewest in which every teacher, trained from scratch, learned
     # the task (at 4 epochs of batch 16, 32 steps, three of the five stayed near chance).
     # Grad-CAM at stride 8 (8x8 maps at 64 px): at stride 16 a 4x4 map is coarser than the
-    # lesions. The student costs a few ms an image: 15 epochs (240 steps) let the map term act
-    # (at 5 its maps had not moved towards the guide's).
+    # lesions. The student costs a few ms an image: 15 epochs (240 steps); at 5 its maps had not
+    # moved towards the guide's, and at 15 they follow them only a little (agreement with the guide
+    # about 0.15 on validation, below), which 30 epochs did not raise.
     # cam_order "first": a kd+cam step costs 3.2x a ce step at stride 8 second-order, 1.4x first-order
     # (benchmarks/bench_student.py --profile quick). First-order, a fresh student cannot fit the
     # guide's maps of one batch alone (benchmarks/bench_cam_fit.py: the term stays near 0.9 where
