@@ -5,9 +5,8 @@
         [--out settings.json]
 
 Trains each ``--variants`` student once per seed with the profile's own settings and with
-every ``--change`` (one or more fields of ``config.Profile``, joined by commas), side by side,
-with the teachers of the fixed split (trained once; so only the student's settings may change,
-``pipeline.STUDY_FIELDS``), and reports **validation** figures only:
+every ``--change`` (one or more of the profile's student settings, ``pipeline.STUDY_FIELDS``,
+joined by commas), side by side, with the teachers of the fixed split (trained once), and reports **validation** figures only:
 AUC, accuracy, in-lung share, agreement with the guide's maps and, on phantoms, the share of
 the maps' mass on the known lesions and the pointing game. Two comparisons, both paired by
 seed (``pipeline.settings_study``): each setting against the profile's own, and within each
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -29,13 +27,12 @@ sys.path.insert(0, str(REPO))
 
 
 def parse_change(text: str) -> dict:
-    """``"cam_beta=4,cam_order=first"`` -> ``{"cam_beta": 4, "cam_order": "first"}`` (fields of
-    ``config.Profile``; a value is read as a Python literal when it is one, else as a string)."""
-    from tbkd_helpers import config
-
+    """``"cam_beta=4,cam_order=first"`` -> ``{"cam_beta": 4, "cam_order": "first"}`` (the
+    student's settings, ``pipeline.STUDY_FIELDS``; a value is read as a Python literal when it
+    is one, else as a string)."""
     from tbkd_helpers import pipeline
 
-    fields = {f.name for f in dataclasses.fields(config.Profile)} & pipeline.STUDY_FIELDS
+    fields = pipeline.STUDY_FIELDS
     out = {}
     for part in text.split(","):
         key, sep, raw = part.partition("=")
@@ -59,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--variants", nargs="+", default=["ce", "kd+cam"], choices=distill.VARIANTS)
     ap.add_argument("--change", type=parse_change, action="append", default=[],
-                    help="FIELD=VALUE[,FIELD=VALUE...] of config.Profile (repeatable)")
+                    help="FIELD=VALUE[,FIELD=VALUE...] of the student's settings (repeatable)")
     ap.add_argument("--out", default="settings.json", help="file name under results/<profile>/")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
