@@ -28,14 +28,32 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run(tmp: Path, name: str) -> Path:
-    script = tmp / "run.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "TBKD_ARTIFACTS": str(tmp / name / "artifacts"),
-           "TBKD_RESULTS": str(tmp / name / "results"), "TBKD_PROGRESS": "off"}
-    proc = subprocess.run([sys.executable, str(script)], env=env, text=True, capture_output=True)
-    assert proc.returncode == 0, f"run {name} failed:\n{(proc.stdout + proc.stderr)[-3000:]}"
-    return Path(proc.stdout.strip().splitlines()[-1])
+def _side_by_side(tmp: Path, script: str, runs: dict[str, dict]) -> dict[str, str]:
+    """Run ``script`` in one fresh process per entry of ``runs`` (name -> extra environment),
+    all at once, each in its own folder (on 2 cores, side by side: the results do not depend
+    on what else runs), and return each one's standard output; a failed run fails the test
+    with its messages."""
+    procs = {}
+    try:
+        for name, extra in runs.items():
+            folder = tmp / name
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "run.py").write_text(script)
+            env = {**os.environ, "TBKD_ARTIFACTS": str(folder / "artifacts"),
+                   "TBKD_RESULTS": str(folder / "results"), "TBKD_PROGRESS": "off", **extra}
+            with open(folder / "stdout.txt", "w") as out, open(folder / "stderr.txt", "w") as err:
+                procs[name] = subprocess.Popen([sys.executable, str(folder / "run.py")], env=env, text=True,
+                                               stdout=out, stderr=err)
+        for name, proc in procs.items():
+            if proc.wait() != 0:
+                text = (tmp / name / "stdout.txt").read_text() + (tmp / name / "stderr.txt").read_text()
+                pytest.fail(f"run {name} failed:\n{text[-3000:]}")
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return {name: (tmp / name / "stdout.txt").read_text() for name in runs}
 
 
 def _diff(a, b, path="") -> list[str]:
@@ -51,7 +69,11 @@ def _diff(a, b, path="") -> list[str]:
 
 @pytest.mark.slow
 def test_same_profile_twice_writes_the_same_results(tmp_path):
-    first, second = _run(tmp_path, "one"), _run(tmp_path, "two")
+    # one thread each (two runs of two threads on 2 cores would fight over them); the students
+    # still train in worker processes, as in `make reproduce`
+    single = {"OMP_NUM_THREADS": "1"}
+    out = _side_by_side(tmp_path, SCRIPT, {"one": single, "two": single})
+    first, second = (Path(out[name].strip().splitlines()[-1]) for name in ("one", "two"))
     assert first != second and first.name == second.name == "results.json"
     a, b = json.loads(first.read_text()), json.loads(second.read_text())
     differences = _diff(a, b)
@@ -76,17 +98,6 @@ SEEDS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _seed_runs(tmp: Path, threads: int) -> dict:
-    script = tmp / "seeds.py"
-    script.write_text(SEEDS_SCRIPT)
-    env = {**os.environ, "TBKD_ARTIFACTS": str(tmp / f"t{threads}" / "artifacts"),
-           "TBKD_RESULTS": str(tmp / f"t{threads}" / "results"), "TBKD_PROGRESS": "off",
-           "OMP_NUM_THREADS": str(threads), "TBKD_STUDENT_PROCESSES": "1"}  # trained here, with these threads
-    proc = subprocess.run([sys.executable, str(script)], env=env, text=True, capture_output=True)
-    assert proc.returncode == 0, f"{threads} thread(s) failed:\n{(proc.stdout + proc.stderr)[-3000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 def test_across_thread_counts_the_students_stay_within_their_seed_spread(tmp_path):
     """The contract the README states: another thread count (other convolution kernels and
@@ -96,7 +107,10 @@ def test_across_thread_counts_the_students_stay_within_their_seed_spread(tmp_pat
     reports for kd+cam against ce), must not tell 1 thread from 2 for any student or metric."""
     from tbkd_helpers import metrics
 
-    one, two = _seed_runs(tmp_path, 1), _seed_runs(tmp_path, 2)
+    # each run trains its students in its own process, with 1 or 2 threads
+    out = _side_by_side(tmp_path, SEEDS_SCRIPT, {f"t{n}": {"OMP_NUM_THREADS": str(n), "TBKD_STUDENT_PROCESSES": "1"}
+                                                  for n in (1, 2)})
+    one, two = (json.loads(out[f"t{n}"].strip().splitlines()[-1]) for n in (1, 2))
     checked = 0
     for variant in ("ce", "kd+cam"):
         assert [r["seed"] for r in one[variant]] == [r["seed"] for r in two[variant]] == [0, 1, 2]
