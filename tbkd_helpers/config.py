@@ -145,6 +145,14 @@ PROFILES: dict[str, Profile] = {
     # neither a 4x map weight, 30 epochs nor the student's map at stride 16 raised the agreement
     # (scripts/settings_study.py --profile quick --change cam_order=first --change cam_beta=4
     # --change cam_order=first,cam_beta=4 --change cam_order=first,student_epochs=30; 2026-12-07).
+    # Nor did anything else tried move the kd+cam student's maps onto the lesions more than ce's
+    # (validation, 3 seeds paired, kd+cam minus ce in lesion share; same script, 2026-12-07, second
+    # session): a map term 16 or 64 times as strong, +0.003 [-0.013, +0.018] and +0.010 [-0.047,
+    # +0.067]; second order at 16 times, -0.011 [-0.023, +0.002], at a validation AUC 0.14 below ce's;
+    # 30 epochs, -0.019 [-0.052, +0.015], on 12 views -0.014 [-0.053, +0.025]. Trained 30 epochs,
+    # every student reaches a validation AUC of about 1.00 (ce 0.901 -> 1.000, kd 0.979 -> 1.000,
+    # kd+cam 0.901 -> 0.996) and the students no longer differ; at 15, in half the time, the kd
+    # student is ahead of ce (0.979 against 0.901), which is what chapter 04 can show of distillation.
     "quick": Profile(name="quick", data="phantom", vgg_head="gap", phantom_difficulty=0.0, teacher_epochs=8,
                      batch_size=8, cam_stride=8, student_epochs=15, guide_views=6, cam_order="first"),
     # real: sized for a 2-core CPU (aimed at 90 minutes; from nothing 79.4 on 2026-12-07, the students side by side). Measured training cost per image
