@@ -33,7 +33,8 @@ EPOCHS = 6
 
 def _start(tmp: Path, artifacts: Path, log=subprocess.PIPE) -> subprocess.Popen:
     script = tmp / "run.py"
-    script.write_text(SCRIPT)
+    if not script.exists():  # written once: a second run must not rewrite it while another starts from it
+        script.write_text(SCRIPT)
     env = {**os.environ, "TBKD_ARTIFACTS": str(artifacts), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, str(script), str(EPOCHS)], env=env, text=True,
                             stdout=log, stderr=subprocess.STDOUT)
