@@ -116,8 +116,11 @@ def lung_masks(profile, records: Sequence[_data.Record], size: int, what: str = 
 
 # --------------------------------------------------------------------------- stage 2
 
-def teacher_dir(profile, arch: str) -> Path:
-    return Path(profile.artifacts) / "teachers" / arch
+def teacher_dir(profile, arch: str, seed: int | None = None) -> Path:
+    """Where teacher ``arch`` lives: ``teachers/<arch>``, or ``teachers/<arch>-seed<k>`` for a
+    training seed other than the profile's (:func:`teacher_seeds`)."""
+    name = arch if seed is None or seed == profile.seed else f"{arch}-seed{seed}"
+    return Path(profile.artifacts) / "teachers" / name
 
 
 def recipe_settings(profile, recipe: "_recipes.Recipe", arch: str, epochs: int,
@@ -132,9 +135,9 @@ def recipe_settings(profile, recipe: "_recipes.Recipe", arch: str, epochs: int,
                                 seed=profile.seed if seed is None else seed)
 
 
-def teacher_settings(profile, arch: str, epochs: int | None = None) -> _train.TrainSettings:
+def teacher_settings(profile, arch: str, epochs: int | None = None, seed: int | None = None) -> _train.TrainSettings:
     """``recipes.TEACHER`` for ``arch`` (every epoch runs; the best validation AUC is kept)."""
-    return recipe_settings(profile, _recipes.TEACHER, arch, epochs or profile.teacher_epochs)
+    return recipe_settings(profile, _recipes.TEACHER, arch, epochs or profile.teacher_epochs, seed)
 
 
 def student_settings(profile, epochs: int | None = None, seed: int | None = None) -> _train.TrainSettings:
@@ -189,7 +192,7 @@ def _fit(profile, prep, arch: str, ckpt_dir: Path, settings: _train.TrainSetting
 def _fit_locked(profile, prep, arch, ckpt_dir, settings, progress, model, train_ds, extra, step_loss, seed,
                 on_epoch_end=None):
     seed_everything(profile.seed if seed is None else seed)
-    model = model if model is not None else new_model(profile, arch)
+    model = model if model is not None else new_model(profile, arch, seed=seed)
     plain_train = classifier_dataset(profile, prep, arch, "train")
     if train_ds is None:
         train_ds = classifier_dataset(profile, prep, arch, "train", augment=True)
@@ -201,13 +204,18 @@ def _fit_locked(profile, prep, arch, ckpt_dir, settings, progress, model, train_
     return model, hist
 
 
-def train_teacher(profile, arch: str, prep: _data.Prepared | None = None, progress: bool = True):
+def train_teacher(profile, arch: str, prep: _data.Prepared | None = None, progress: bool = True,
+                  seed: int | None = None):
     """Train (or load the finished) teacher ``arch`` on the lung-extracted training images.
 
-    Returns ``(model, History)``; the model holds the epoch with the best validation AUC.
+    ``seed`` (default: the profile's) sets the initial weights, the batch order and the
+    augmentation draws; the split stays the profile's. Returns ``(model, History)``; the
+    model holds the epoch with the best validation AUC.
     """
     prep = prep or _data.prepare(profile, progress=progress)
-    return _fit(profile, prep, arch, teacher_dir(profile, arch), teacher_settings(profile, arch), progress)
+    seed = profile.seed if seed is None else int(seed)
+    return _fit(profile, prep, arch, teacher_dir(profile, arch, seed), teacher_settings(profile, arch, seed=seed),
+                progress, seed=seed)
 
 
 def load_classifier(path: str | Path):
@@ -1035,6 +1043,64 @@ def student_seeds(profile, prep: _data.Prepared, seeds: Sequence[int], variants:
             "guide_mode": guide_rule(profile, guide), "cam_loss": cam_loss, "guide_views": profile.guide_views,
             "teachers": "trained once, on the fixed split, with the profile's seed",
             "runs": runs, "summary": summary, "attention": attention, "paired": paired}
+
+
+def teacher_seed_row(entry: Mapping, seed: int) -> dict:
+    """A teacher's entry in the ``teachers.json`` that chapter 02 writes, as a row of
+    :func:`teacher_seeds`: the same figures, without retraining it."""
+    return {"seed": int(seed), "best_epoch": entry["best_epoch"], "epochs": entry.get("epochs_run"),
+            "val_auc": _num(entry["val_auc"]), "seconds": None,
+            "test": {r["dataset"]: {m: r[m] for m in SEED_METRICS} for r in entry["test"]}}
+
+
+def teacher_seeds(profile, prep: _data.Prepared, seeds: Sequence[int], teachers: Sequence[str] | None = None,
+                  rule: str = "youden", progress: bool = False, on_run=None,
+                  known: Mapping[str, Mapping[int, dict]] | None = None) -> dict:
+    """Every teacher trained once per training seed, on the profile's fixed split, and
+    measured on the test split as chapter 02 measures it (threshold from validation).
+
+    The profile's own seed is chapter 02's teacher (``teachers/<arch>``); another seed ``k``
+    trains in ``teachers/<arch>-seed<k>`` (initial weights, batch order, augmentation). Each
+    seed's best teacher on validation is the one ``guide = "best"`` would pick. The
+    ``reference`` is the teacher chosen with the profile's own seed (chapter 02's and 04's
+    guide); every other teacher is compared with it, paired by seed. ``on_run(row)`` is
+    called after each teacher. ``known`` (``{arch: {seed: row}}``, e.g. :func:`teacher_seed_row`
+    of a finished run's ``teachers.json``) gives rows that are taken as they are instead of
+    training those teachers. Returns ``{"seeds", "teachers", "reference", "runs": {arch:
+    [{seed, best_epoch, val_auc, test: {dataset: {metric}}}]}, "summary": {arch: {dataset:
+    {metric: mean_sd}}}, "best_on_validation": {seed: arch}, "paired": {arch: {dataset:
+    {metric: paired_difference against reference}}}}``.
+    """
+    seeds, teachers = [int(s) for s in seeds], list(teachers or profile.teachers)
+    runs: dict[str, list[dict]] = {a: [] for a in teachers}
+    for seed in seeds:
+        for arch in teachers:
+            row = ((known or {}).get(arch) or {}).get(seed)
+            if row is None:
+                model, hist = train_teacher(profile, arch, prep, progress=progress, seed=seed)
+                preds = predictions(profile, teacher_dir(profile, arch, seed), arch, prep, model=model)
+                v = preds["val"]
+                val_auc = _metrics.classification_report(np.array(v["labels"]), np.array(v["probs"]))["auc"]
+                rows = evaluate(preds, rule=rule, n_boot=0, seed=profile.seed)
+                row = {"seed": seed, "best_epoch": hist.best_epoch, "epochs": len(hist.seconds),
+                       "val_auc": _num(val_auc), "seconds": round(float(sum(hist.seconds)), 1),
+                       "test": {r["dataset"]: {m: r[m] for m in SEED_METRICS} for r in rows}}
+            runs[arch].append(row)
+            if on_run:
+                on_run({"teacher": arch, **row})
+    best = {s: max(teachers, key=lambda a: runs[a][i]["val_auc"]) for i, s in enumerate(seeds)}
+    reference = best[seeds[0]]
+    datasets = list(runs[teachers[0]][0]["test"])
+    summary = {a: {ds: {m: _metrics.mean_sd([r["test"][ds][m] for r in runs[a]]) for m in SEED_METRICS}
+                   for ds in datasets} for a in teachers}
+    paired = {a: {ds: {m: _metrics.paired_difference([r["test"][ds][m] for r in runs[a]],
+                                                     [r["test"][ds][m] for r in runs[reference]])
+                       for m in SEED_METRICS} for ds in datasets}
+              for a in teachers if a != reference}
+    return {"seeds": seeds, "teachers": teachers, "reference": reference, "rule": rule,
+            "split": f"the profile's fixed split (seed {profile.seed})",
+            "runs": runs, "summary": summary, "best_on_validation": {str(s): a for s, a in best.items()},
+            "paired": paired}
 
 
 # --------------------------------------------------------------------------- stage 4, choosing the loss

@@ -366,6 +366,23 @@ def seeds_verdicts(seeds: dict, dataset: str = "all") -> list[str]:
     return out
 
 
+def teacher_seeds_table(out: dict, dataset: str = "all"):
+    """:func:`pipeline.teacher_seeds` as a DataFrame: per teacher the mean ± SD over seeds
+    of the test accuracy and AUC on ``dataset``, the paired difference in AUC against the
+    reference teacher, and how often the teacher was the best on validation."""
+    import pandas as pd
+
+    ref, rows = out["reference"], []
+    picked = list(out["best_on_validation"].values())
+    for a in out["teachers"]:
+        s, p = out["summary"][a][dataset], out["paired"].get(a)
+        rows.append({"teacher": a, "accuracy": format_spread(s["accuracy"], True), "AUC": format_spread(s["auc"], False),
+                     "AUC per seed": ", ".join(f"{r['test'][dataset]['auc']:.2f}" for r in out["runs"][a]),
+                     f"AUC − {ref}": format_diff(p[dataset]["auc"], False) if p else "—",
+                     "best on validation": f"{picked.count(a)} of {len(picked)}"})
+    return pd.DataFrame(rows).set_index("teacher")
+
+
 def tuning_report(profile) -> tuple[object, list[str]]:
     """``scripts/tune_student.py``'s table for this profile (a DataFrame, or None when it
     has not been run) and lines that say which setting had the best validation AUC and
