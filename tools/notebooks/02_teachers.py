@@ -327,6 +327,11 @@ cells = [
     recomputed on each resample, and the middle 95 % of those values is the interval. It answers
     "how much would this number move on another test set of the same size?". The threshold and the
     network stay fixed, so it does not include the variation from training again with another seed.
+    That second spread is measured apart, because it costs a whole chapter per seed:
+    `scripts/teacher_seeds.py` trains every teacher again with other seeds on the same split and
+    reports each one's mean ± standard deviation over the seeds, its paired difference from the
+    teacher chosen here, and how often each teacher came out best on validation (README, "What is
+    exact and what varies").
 
     **Read the width before the value.** A perfect score gives a zero-width interval (`1.00 [1.00,
     1.00]`): every resample is perfect too, and that is not certainty (`1.00 [0.98, 1.00]` is a
