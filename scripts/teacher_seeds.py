@@ -15,9 +15,11 @@ teacher is kept in its folder (``teachers/<arch>-seed<k>``), so a stopped run re
 results file is rewritten after every seed, so a stopped run keeps the seeds it finished.
 
 ``--own-seed-from`` takes the profile's own seed's figures from the ``teachers.json`` that
-chapter 02 wrote instead of training those teachers again. Use it only with a file written by
-the same code: the kit's teachers reproduce to the digit, on one machine and across the CPUs
-it was tried on (README, "What is exact and what varies"), so it saves a whole teacher run.
+chapter 02 wrote instead of training those teachers again (a whole teacher run saved). Use it
+only with a file written by the same code. On the same machine it gives what retraining would;
+from another machine it is another draw of the same seed (other CPUs have other kernels: README,
+"What is exact and what varies"), which is still a fair member of the spread, and the results
+file names where the row came from.
 """
 from __future__ import annotations
 
