@@ -490,6 +490,7 @@ def results_path(profile) -> Path:
 # same profile and seed give again on the same machine (tested: tests/test_determinism.py).
 TIMING_KEYS = ("latency_ms_b1", "latency_ms_b32")
 TIMINGS_FILE = "timings.json"
+TEACHER_SEEDS_FILE = "teacher_seeds.json"  # scripts/teacher_seeds.py, beside results.json
 
 
 def split_timings(results: dict) -> tuple[dict, dict]:
@@ -545,8 +546,10 @@ def _pct_ci(v, lo, hi) -> str:
     return f"{100 * v:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def comparison_table(results: dict):
-    """The paper against the kit, one row per data set (a DataFrame of strings)."""
+def comparison_table(results: dict, teacher_seeds: dict | None = None):
+    """The paper against the kit, one row per data set (a DataFrame of strings); with
+    ``teacher_seeds`` (``scripts/teacher_seeds.py``'s file), the best teacher's accuracy over
+    its training seeds beside its one run."""
     import pandas as pd
 
     rows = []
@@ -562,6 +565,9 @@ def comparison_table(results: dict):
                "best teacher, test split": (f"{c['best_teacher']} " + _pct_ci(c["best_teacher_accuracy"],
                                             c["best_teacher_accuracy_lo"], c["best_teacher_accuracy_hi"])
                                             if c["best_teacher"] else "n/a")}
+        if teacher_seeds:
+            sp = teacher_seeds["summary"].get(c["best_teacher"], {}).get(ds, {}).get("accuracy", {})
+            row[f"that teacher, {len(teacher_seeds['seeds'])} seeds"] = _reports.format_spread(sp, True)
         seeds = results.get("seeds")
         if seeds and ds in seeds["summary"].get("kd+cam", {}):
             n = len(seeds["seeds"])
@@ -632,15 +638,29 @@ def teachers_line(results: dict) -> str | None:
             + "; ".join(parts) + ".")
 
 
+def teacher_seeds_line(teacher_seeds: dict, profile_name: str) -> str:
+    """One line: each teacher's test AUC per data set over its training seeds (mean ± SD),
+    and which teacher was the best on validation with each seed."""
+    ts, n = teacher_seeds, len(teacher_seeds["seeds"])
+    parts = [f"{a} " + ", ".join(_reports.format_spread(ts["summary"][a][ds]["auc"], False)
+                                 for ds in PAPER if ds in ts["summary"][a]) for a in ts["teachers"]]
+    picked = list(ts["best_on_validation"].values())
+    best = ", ".join(f"{a} with {picked.count(a)} of {n}" for a in dict.fromkeys(picked))
+    return (f"Teachers over {n} training seeds {ts['seeds']} on the same split (`scripts/teacher_seeds.py`, "
+            f"`results/{profile_name}/teacher_seeds.json`), test AUC (" + ", ".join(ds.capitalize() for ds in PAPER)
+            + "), mean ± SD: " + "; ".join(parts) + f". Best on validation: {best}.")
+
+
 def reproduce_command(profile_name: str, data: str) -> str:
     """The command that writes a profile's ``results.json``."""
     return f"make reproduce PROFILE={profile_name}" + (" TBKD_DATA_DIR=..." if data == "real" else "")
 
 
-def readme_table(results: dict, written: str | None = None) -> str:
-    """The README's results block (markdown), made from ``results.json`` alone
-    (``written``: the date the run wrote it, e.g. the file's modification date)."""
-    t = comparison_table(results)
+def readme_table(results: dict, written: str | None = None, teacher_seeds: dict | None = None) -> str:
+    """The README's results block (markdown), made from ``results.json`` (``written``: the
+    date the run wrote it, e.g. the file's modification date) and, when given, the teachers
+    over training seeds (``teacher_seeds``, the file ``scripts/teacher_seeds.py`` writes)."""
+    t = comparison_table(results, teacher_seeds)
     head = ["data set", *t.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for ds, row in t.iterrows():
@@ -673,7 +693,14 @@ def readme_table(results: dict, written: str | None = None) -> str:
             notes.append(f"Over {len(seeds['seeds'])} seeds the student's mean is {_pct(sp['mean'])} "
                          f"(SD {100 * (sp['sd'] or 0):.1f} points): {abs(gap):.1f} points "
                          f"{'below' if gap > 0 else 'above'} that teacher's one run.")
-    for extra in (teachers_line(results), readme_seeds_table(results)):
+        tp = ((teacher_seeds or {}).get("summary", {}).get(sv["teacher"], {}).get(sv["dataset"], {})
+              .get("accuracy", {}))
+        if tp.get("mean") is not None:
+            notes.append(f"That teacher over {len(teacher_seeds['seeds'])} training seeds: {_pct(tp['mean'])} "
+                         f"(SD {100 * (tp['sd'] or 0):.1f} points).")
+    extras = [teachers_line(results), teacher_seeds_line(teacher_seeds, prof) if teacher_seeds else None,
+              readme_seeds_table(results)]
+    for extra in extras:
         if extra:
             notes.append(extra)
     cost = results.get("cost", {})
@@ -754,4 +781,4 @@ __all__ = ["PAPER", "WHO_TPP", "WHO_RULE", "STUDENT_VARIANTS", "student_name", "
            "all_predictions", "save_threshold", "read_threshold", "test_metrics", "who_operating_point", "costs",
            "default_cv_models", "kfold", "cross_dataset", "verdict",
            "paper_comparison", "student_vs_teacher", "assemble", "collect", "write", "load", "readme_table",
-           "update_readme", "comparison_table", "who_table", "kfold_table", "cross_table"]
+           "update_readme", "comparison_table", "teacher_seeds_line", "who_table", "kfold_table", "cross_table"]

@@ -143,6 +143,41 @@ def test_readme_table_from_results_alone():
     assert "20.0× faster" in table
 
 
+def _teacher_seeds_doc(profile: str = "real") -> dict:
+    """What scripts/teacher_seeds.py writes, for DenseNet121 and a second teacher, 2 seeds."""
+    def spread(mean, sd):
+        return {"mean": mean, "sd": sd, "n": 2}
+    summ = {"densenet121": {"shenzhen": {"accuracy": spread(0.845, 0.016), "auc": spread(0.93, 0.01)},
+                            "montgomery": {"accuracy": spread(0.75, 0.0), "auc": spread(0.81, 0.02)}},
+            "resnet18": {"shenzhen": {"accuracy": spread(0.849, 0.0), "auc": spread(0.91, 0.0)},
+                         "montgomery": {"accuracy": spread(0.7, 0.05), "auc": spread(0.74, 0.03)}}}
+    return {"profile": profile, "seeds": [0, 1], "teachers": ["densenet121", "resnet18"], "summary": summ,
+            "best_on_validation": {"0": "densenet121", "1": "resnet18"}, "reference": "densenet121"}
+
+
+def test_readme_table_gives_the_teachers_over_seeds_when_measured():
+    doc, ts = _results_doc(), _teacher_seeds_doc()
+    assert "seeds" not in results.readme_table(doc).splitlines()[0]  # without the file: as before
+    table = results.readme_table(doc, teacher_seeds=ts)
+    lines = table.splitlines()
+    head = [c.strip() for c in lines[0].split("|")]
+    col = head.index("that teacher, 2 seeds")
+    assert head[col - 1] == "best teacher, test split"
+    best = {c["dataset"]: c["best_teacher"] for c in doc["paper_comparison"]}
+    for ln in lines[2:4]:
+        cells = [c.strip() for c in ln.split("|")]
+        ds = cells[1].lower()
+        want = ts["summary"][best[ds]][ds]["accuracy"]
+        assert cells[col] == f"{100 * want['mean']:.1f} ± {100 * want['sd']:.1f} %"
+    assert ("Teachers over 2 training seeds [0, 1] on the same split (`scripts/teacher_seeds.py`, "
+            "`results/real/teacher_seeds.json`), test AUC (Shenzhen, Montgomery), mean ± SD: "
+            "densenet121 0.93 ± 0.01, 0.81 ± 0.02; resnet18 0.91 ± 0.00, 0.74 ± 0.03. Best on validation: "
+            "densenet121 with 1 of 2, resnet18 with 1 of 2.") in table
+    sv = doc["student_vs_teacher"]
+    tp = ts["summary"][sv["teacher"]][sv["dataset"]]["accuracy"]
+    assert f"That teacher over 2 training seeds: {100 * tp['mean']:.1f} % (SD {100 * tp['sd']:.1f} points)." in table
+
+
 def test_update_readme_between_markers_only(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\nafter\n")
@@ -169,6 +204,17 @@ def test_results_table_script(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.startswith("| data set | paper |") and out.strip() in readme.read_text()
     assert "Produced by `make reproduce PROFILE=real TBKD_DATA_DIR=...`, run of 20" in out
+    assert "training seeds" not in out
+    # the teachers over seeds, read from beside results.json when the script has written them
+    store.write_json(tmp_path / "teacher_seeds.json", _teacher_seeds_doc())
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(REPO / "scripts" / "results_table.py"), run_name="__main__")
+    assert "Teachers over 2 training seeds" in capsys.readouterr().out
+    store.write_json(tmp_path / "teacher_seeds.json", _teacher_seeds_doc("quick"))  # another profile's
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(REPO / "scripts" / "results_table.py"), run_name="__main__")
+    printed = capsys.readouterr()
+    assert "training seeds" not in printed.out and "teacher_seeds.json: written for profile 'quick'" in printed.err
     monkeypatch.setattr(sys, "argv", ["results_table.py", "--results", str(tmp_path / "none.json")])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(REPO / "scripts" / "results_table.py"), run_name="__main__")
