@@ -646,9 +646,12 @@ def teacher_seeds_line(teacher_seeds: dict, profile_name: str) -> str:
                                  for ds in PAPER if ds in ts["summary"][a]) for a in ts["teachers"]]
     picked = list(ts["best_on_validation"].values())
     best = ", ".join(f"{a} with {picked.count(a)} of {n}" for a in dict.fromkeys(picked))
+    own = (f"; seed {ts['seeds'][0]}: chapter 02's teachers, read from `{ts['own_seed_from']}`, not retrained"
+           if ts.get("own_seed_from") else "")
     return (f"Teachers over {n} training seeds {ts['seeds']} on the same split (`scripts/teacher_seeds.py`, "
-            f"`results/{profile_name}/teacher_seeds.json`), test AUC (" + ", ".join(ds.capitalize() for ds in PAPER)
-            + "), mean ± SD: " + "; ".join(parts) + f". Best on validation: {best}.")
+            f"`results/{profile_name}/teacher_seeds.json`{own}), test AUC ("
+            + ", ".join(ds.capitalize() for ds in PAPER) + "), mean ± SD: " + "; ".join(parts)
+            + f". Best on validation: {best}.")
 
 
 def reproduce_command(profile_name: str, data: str) -> str:

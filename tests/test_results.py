@@ -173,6 +173,9 @@ def test_readme_table_gives_the_teachers_over_seeds_when_measured():
             "`results/real/teacher_seeds.json`), test AUC (Shenzhen, Montgomery), mean ± SD: "
             "densenet121 0.93 ± 0.01, 0.81 ± 0.02; resnet18 0.91 ± 0.00, 0.74 ± 0.03. Best on validation: "
             "densenet121 with 1 of 2, resnet18 with 1 of 2.") in table
+    ts["own_seed_from"] = "results/real/teachers.json"
+    assert ("`results/real/teacher_seeds.json`; seed 0: chapter 02's teachers, read from "
+            "`results/real/teachers.json`, not retrained), test AUC") in results.readme_table(doc, teacher_seeds=ts)
     sv = doc["student_vs_teacher"]
     tp = ts["summary"][sv["teacher"]][sv["dataset"]]["accuracy"]
     assert f"That teacher over 2 training seeds: {100 * tp['mean']:.1f} % (SD {100 * tp['sd']:.1f} points)." in table
