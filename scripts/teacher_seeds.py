@@ -51,12 +51,7 @@ def main(argv=None) -> int:
     seeds = pipeline.seed_list(profile, args.seeds)
     t0 = time.time()
 
-    printed = set()
-
     def line(r):
-        if (r["teacher"], r["seed"]) in printed:  # a seed already reported in an earlier pass
-            return
-        printed.add((r["teacher"], r["seed"]))
         took = "from " + str(args.own_seed_from) if r["seconds"] is None else f"{r['seconds']:.0f} s"
         print(f"seed {r['seed']} {r['teacher']}: kept epoch {r['best_epoch']} of {r['epochs']}, val AUC "
               f"{r['val_auc']}, test AUC (all) {r['test']['all']['auc']:.4f}, {took}", flush=True)
@@ -69,13 +64,15 @@ def main(argv=None) -> int:
             raise SystemExit(f"{args.own_seed_from}: not chapter 02's teachers.json of profile {profile.name!r}, "
                              f"seed {profile.seed}, with the teachers {', '.join(teachers)}")
         known = {a: {profile.seed: pipeline.teacher_seed_row(ch02["teachers"][a], profile.seed)} for a in teachers}
-    for k in range(1, len(seeds) + 1):  # the results file after every seed
-        out = pipeline.teacher_seeds(profile, prep, seeds[:k], teachers, progress=args.progress,
-                                     on_run=line, known=known)
-        path = store.write_json(profile.results / args.out,
-                                {"profile": profile.name, "chosen_on": "validation split",
-                                 "own_seed_from": str(args.own_seed_from) if args.own_seed_from else None,
-                                 **out, "seconds": round(time.time() - t0)})
+    path = profile.results / args.out
+
+    def write(out):  # after every seed, so that a stopped run keeps the seeds it finished
+        store.write_json(path, {"profile": profile.name, "chosen_on": "validation split",
+                                "own_seed_from": str(args.own_seed_from) if args.own_seed_from else None,
+                                **out, "seconds": round(time.time() - t0)})
+
+    out = pipeline.teacher_seeds(profile, prep, seeds, teachers, progress=args.progress, on_run=line,
+                                 on_seed=write, known=known)
     print(reports.teacher_seeds_table(out).to_string())
     print(f"wrote {path}")
     return 0

@@ -344,10 +344,14 @@ def teacher_val_auc(profile, prep: _data.Prepared, teachers: Sequence[str] | Non
     for arch in teachers or profile.teachers:
         if not (teacher_dir(profile, arch) / "done.json").is_file():
             train_teacher(profile, arch, prep, progress=False)
-        preds = predictions(profile, teacher_dir(profile, arch), arch, prep)
-        v = preds["val"]
-        out[arch] = _metrics.classification_report(np.array(v["labels"]), np.array(v["probs"]))["auc"]
+        out[arch] = val_auc(predictions(profile, teacher_dir(profile, arch), arch, prep))
     return out
+
+
+def val_auc(preds: dict) -> float:
+    """The validation AUC of a model's :func:`predictions` (the guide is chosen on it)."""
+    v = preds["val"]
+    return _metrics.classification_report(np.array(v["labels"]), np.array(v["probs"]))["auc"]
 
 
 # --------------------------------------------------------------------------- stage 4
@@ -1054,7 +1058,7 @@ def teacher_seed_row(entry: Mapping, seed: int) -> dict:
 
 
 def teacher_seeds(profile, prep: _data.Prepared, seeds: Sequence[int], teachers: Sequence[str] | None = None,
-                  rule: str = "youden", progress: bool = False, on_run=None,
+                  rule: str = "youden", progress: bool = False, on_run=None, on_seed=None,
                   known: Mapping[str, Mapping[int, dict]] | None = None) -> dict:
     """Every teacher trained once per training seed, on the profile's fixed split, and
     measured on the test split as chapter 02 measures it (threshold from validation).
@@ -1064,7 +1068,8 @@ def teacher_seeds(profile, prep: _data.Prepared, seeds: Sequence[int], teachers:
     seed's best teacher on validation is the one ``guide = "best"`` would pick. The
     ``reference`` is the teacher chosen with the profile's own seed (chapter 02's and 04's
     guide); every other teacher is compared with it, paired by seed. ``on_run(row)`` is
-    called after each teacher. ``known`` (``{arch: {seed: row}}``, e.g. :func:`teacher_seed_row`
+    called after each teacher, ``on_seed(result)`` after each seed with the result over the
+    seeds done so far (a stopped run can keep them). ``known`` (``{arch: {seed: row}}``, e.g. :func:`teacher_seed_row`
     of a finished run's ``teachers.json``) gives rows that are taken as they are instead of
     training those teachers. Returns ``{"seeds", "teachers", "reference", "runs": {arch:
     [{seed, best_epoch, val_auc, test: {dataset: {metric}}}]}, "summary": {arch: {dataset:
@@ -1079,15 +1084,20 @@ def teacher_seeds(profile, prep: _data.Prepared, seeds: Sequence[int], teachers:
             if row is None:
                 model, hist = train_teacher(profile, arch, prep, progress=progress, seed=seed)
                 preds = predictions(profile, teacher_dir(profile, arch, seed), arch, prep, model=model)
-                v = preds["val"]
-                val_auc = _metrics.classification_report(np.array(v["labels"]), np.array(v["probs"]))["auc"]
                 rows = evaluate(preds, rule=rule, n_boot=0, seed=profile.seed)
                 row = {"seed": seed, "best_epoch": hist.best_epoch, "epochs": len(hist.seconds),
-                       "val_auc": _num(val_auc), "seconds": round(float(sum(hist.seconds)), 1),
+                       "val_auc": _num(val_auc(preds)), "seconds": round(float(sum(hist.seconds)), 1),
                        "test": {r["dataset"]: {m: r[m] for m in SEED_METRICS} for r in rows}}
             runs[arch].append(row)
             if on_run:
                 on_run({"teacher": arch, **row})
+        if on_seed:
+            on_seed(_teacher_seeds_summary(profile, seeds[:len(runs[teachers[0]])], teachers, runs, rule))
+    return _teacher_seeds_summary(profile, seeds, teachers, runs, rule)
+
+
+def _teacher_seeds_summary(profile, seeds: list[int], teachers: list[str], runs: dict, rule: str) -> dict:
+    """:func:`teacher_seeds`' result from its ``runs`` (one row per seed and teacher)."""
     best = {s: max(teachers, key=lambda a: runs[a][i]["val_auc"]) for i, s in enumerate(seeds)}
     reference = best[seeds[0]]
     datasets = list(runs[teachers[0]][0]["test"])
