@@ -136,8 +136,10 @@ def recipe_settings(profile, recipe: "_recipes.Recipe", arch: str, epochs: int,
 
 
 def teacher_settings(profile, arch: str, epochs: int | None = None, seed: int | None = None) -> _train.TrainSettings:
-    """``recipes.TEACHER`` for ``arch`` (every epoch runs; the best validation AUC is kept)."""
-    return recipe_settings(profile, _recipes.TEACHER, arch, epochs or profile.teacher_epochs, seed)
+    """``recipes.TEACHER`` for ``arch`` (every epoch runs; the best validation AUC is kept), for
+    ``epochs`` (default: the profile's) times the recipe's multiple for ``arch``."""
+    r = _recipes.TEACHER
+    return recipe_settings(profile, r, arch, r.epochs_for(arch, epochs or profile.teacher_epochs), seed)
 
 
 def student_settings(profile, epochs: int | None = None, seed: int | None = None) -> _train.TrainSettings:
@@ -1110,6 +1112,37 @@ def _teacher_seeds_summary(profile, seeds: list[int], teachers: list[str], runs:
     return {"seeds": seeds, "teachers": teachers, "reference": reference, "rule": rule,
             "split": f"the profile's fixed split (seed {profile.seed})",
             "runs": runs, "summary": summary, "best_on_validation": {str(s): a for s, a in best.items()},
+            "paired": paired}
+
+
+def teacher_epochs_study(profile, prep: _data.Prepared, arch: str, seeds: Sequence[int],
+                         epochs: Sequence[int], on_row=None, progress: bool = False) -> dict:
+    """How long must teacher ``arch`` train? It is trained once per seed for each count of
+    ``epochs`` (the first is the reference), with ``recipes.TEACHER``'s other settings and
+    the one-cycle schedule stretched over each count; the same seed gives the same initial
+    weights and first batches, so the runs are paired. Only **validation** figures: the kept
+    epoch's validation AUC and which epoch was kept. The test split is not read.
+
+    Runs train in ``teachers/study/<arch>-e<epochs>-seed<k>`` (a stopped study resumes).
+    ``on_row(row)`` is called after every run. Returns ``{"teacher", "reference", "runs",
+    "summary", "paired"}`` (``summarize_paired``: each count against the first, by seed)."""
+    epochs = [int(e) for e in epochs]
+    rows = []
+    for seed in seeds:  # seed by seed: a stopped study has whole comparisons of the first seeds
+        for n in epochs:
+            folder = Path(profile.artifacts) / "teachers" / "study" / f"{arch}-e{n}-seed{seed}"
+            settings = recipe_settings(profile, _recipes.TEACHER, arch, n, int(seed))
+            model, hist = _fit(profile, prep, arch, folder, settings, progress, seed=int(seed))
+            preds = predictions(profile, folder, arch, prep, parts=("val",), model=model)
+            row = {"teacher": arch, "seed": int(seed), "epochs": n, "best_epoch": hist.best_epoch,
+                   "val_auc": _num(val_auc(preds)), "seconds": round(float(sum(hist.seconds)), 1)}
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    key = lambda r: f"{r['epochs']} epochs"  # noqa: E731
+    summary, paired = summarize_paired(rows, key, f"{epochs[0]} epochs", [arch], group="teacher",
+                                       figures=("val_auc", "best_epoch", "seconds"))
+    return {"teacher": arch, "reference": f"{epochs[0]} epochs", "runs": rows, "summary": summary,
             "paired": paired}
 
 

@@ -27,8 +27,18 @@ def test_teacher_settings_are_the_teacher_recipe(name, i):
     assert (s.optimizer, s.schedule, s.class_balance, s.bn_recalibrate, s.weight_decay) == (
         r.optimizer, r.schedule, r.class_balance, r.bn_recalibrate, r.weight_decay)
     assert s.lr == r.lr_for(arch) and s.patience is None
-    assert s.epochs == prof.teacher_epochs and s.batch_size == prof.batch_size
-    assert pipeline.teacher_settings(prof, arch, epochs=3).epochs == 3
+    assert s.epochs == r.epochs_for(arch, prof.teacher_epochs) and s.batch_size == prof.batch_size
+    assert pipeline.teacher_settings(prof, arch, epochs=3).epochs == r.epochs_for(arch, 3)
+
+
+def test_a_teacher_that_learns_slowly_gets_more_epochs_of_every_profile():
+    r = recipes.TEACHER
+    assert r.epochs_for("resnet18", 10) == 10
+    assert r.epochs_for("mobilenet_v3_large", 10) == 20  # scripts/teacher_epochs_study.py chose it
+    for name in ("quick", "real", "full"):
+        prof = get_profile(name)
+        assert pipeline.teacher_settings(prof, "mobilenet_v3_large").epochs == 2 * prof.teacher_epochs
+    assert "16 epochs" in recipes.recipe_card(r, r.epochs_for("mobilenet_v3_large", 8), 16, "mobilenet_v3_large")
 
 
 def test_vgg16_gets_its_own_learning_rate():

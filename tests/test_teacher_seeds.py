@@ -115,3 +115,45 @@ def test_the_own_seed_can_come_from_chapter_02s_teachers_json(run, script, capsy
     other = store.write_json(tmp_path / "other.json", {"profile": "real", "seed": prof.seed, "teachers": entries})
     with pytest.raises(SystemExit, match="other.json: not chapter 02's teachers.json"):
         mod.main(["--seeds", "2", "--own-seed-from", str(other)])
+
+
+def test_the_epochs_study_pairs_counts_by_seed_and_reads_validation_only(run, monkeypatch):
+    prof, prep, _, _ = run
+    parts = []
+    real_predictions = pipeline.predictions
+    monkeypatch.setattr(pipeline, "predictions",
+                        lambda *a, **kw: parts.append(kw.get("parts")) or real_predictions(*a, **kw))
+    seen = []
+    out = pipeline.teacher_epochs_study(prof, prep, "resnet18", [0, 1], [1, 2], on_row=seen.append)
+    assert parts and all(p == ("val",) for p in parts)  # the test split is not read
+    assert [(r["seed"], r["epochs"]) for r in out["runs"]] == [(0, 1), (0, 2), (1, 1), (1, 2)] and seen == out["runs"]
+    assert all(r["best_epoch"] <= r["epochs"] and 0 <= r["val_auc"] <= 1 for r in out["runs"])
+    folder = config.artifacts_dir(prof.run_name) / "teachers" / "study" / "resnet18-e2-seed1"
+    assert (folder / "done.json").is_file()
+    assert out["reference"] == "1 epochs"
+    d = out["paired"]["resnet18"]["2 epochs"]["val_auc"]
+    by_seed = {(r["seed"], r["epochs"]): r["val_auc"] for r in out["runs"]}
+    assert d["n"] == 2 and d["mean"] == pytest.approx(
+        sum(by_seed[(s, 2)] - by_seed[(s, 1)] for s in (0, 1)) / 2, abs=1e-3)
+    # a second call loads every run: the same rows
+    again = pipeline.teacher_epochs_study(prof, prep, "resnet18", [0, 1], [1, 2])
+    assert again["runs"] == out["runs"]
+
+
+def test_the_epochs_script_writes_its_results_file(run, monkeypatch, capsys):
+    import importlib.util
+
+    prof, _, _, _ = run
+    spec = importlib.util.spec_from_file_location("teacher_epochs_study",
+                                                  config.REPO_ROOT / "scripts" / "teacher_epochs_study.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(config, "get_profile", lambda name="quick", data_dir=None, **kw: prof)
+    with pytest.raises(SystemExit, match="not one of the profile's teachers"):
+        mod.main(["--teacher", "vgg16"])
+    assert mod.main(["--teacher", "resnet18", "--epochs", "1", "2", "--seeds", "2"]) == 0
+    written = store.read_json(prof.results / "teacher_epochs.json")
+    assert written["chosen_on"] == "validation split" and written["epochs"] == [1, 2] and len(written["runs"]) == 4
+    assert set(written["paired"]["resnet18"]) == {"2 epochs"}
+    printed = capsys.readouterr().out
+    assert printed.count("kept epoch") == 4 and "resnet18: 2 epochs minus 1 epochs" in printed
