@@ -43,18 +43,17 @@ def main(argv=None) -> int:
     pipeline.lungs(profile, prep, progress=args.progress)
     seeds = pipeline.seed_list(profile, args.seeds)
     path, rows, t0 = profile.results / args.out, [], time.time()
+    head = {"profile": profile.name, "chosen_on": "validation split", "seeds": seeds, "epochs": epochs}
 
     def row(r):  # the file after every run, so that a stopped study keeps what it finished
         rows.append(r)
         print(f"seed {r['seed']} {r['teacher']}, {r['epochs']} epochs: kept epoch {r['best_epoch']}, "
               f"val AUC {r['val_auc']}, {r['seconds']:.0f} s", flush=True)
-        store.write_json(path, {"profile": profile.name, "chosen_on": "validation split", "seeds": seeds,
-                                "epochs": epochs, "runs": rows, "seconds": round(time.time() - t0)})
+        store.write_json(path, {**head, "runs": rows, "seconds": round(time.time() - t0)})
 
     out = pipeline.teacher_epochs_study(profile, prep, args.teacher, seeds, epochs, on_row=row,
                                         progress=args.progress)
-    store.write_json(path, {"profile": profile.name, "chosen_on": "validation split", "seeds": seeds,
-                            "epochs": epochs, **out, "seconds": round(time.time() - t0)})
+    store.write_json(path, {**head, **out, "seconds": round(time.time() - t0)})
     for line in reports.study_paired_lines(out):
         print(line)
     print(f"wrote {path}")
