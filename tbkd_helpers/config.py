@@ -90,6 +90,9 @@ class Profile:
     student_processes: int = 0  # students (and k-fold runs) trained side by side in this many processes
     # of one thread each; 0: one per CPU core on a CPU, 1 on a GPU; TBKD_STUDENT_PROCESSES overrides
     # (see tbkd_helpers/parallel.py)
+    # a derived run: its own split, teachers, maps and students in this folder under the profile's
+    # artifacts (e.g. "kfold-students/fold1"), sharing the profile's lung extraction; "" for the run itself
+    subrun: str = ""
 
     def replace(self, **changes) -> "Profile":
         return dataclasses.replace(self, **changes)
@@ -115,8 +118,16 @@ class Profile:
         return {"vgg_head": self.vgg_head} if arch.startswith("vgg") else {}
 
     @property
-    def artifacts(self) -> Path:
+    def base_artifacts(self) -> Path:
+        """The run's own artifacts folder, ``artifacts/<run_name>``: a derived run
+        (``subrun``) reads the lung extraction from here."""
         return artifacts_dir(self.run_name)
+
+    @property
+    def artifacts(self) -> Path:
+        """Where this run's split, teachers, maps and students live: ``base_artifacts``, or
+        the ``subrun`` folder in it."""
+        return self.base_artifacts / self.subrun if self.subrun else self.base_artifacts
 
     @property
     def results(self) -> Path:

@@ -42,11 +42,12 @@ def lungs(profile, prep: _data.Prepared | None = None, progress: bool = True) ->
     used only when it is current (:func:`segmentation.extraction_current`: same settings,
     data, split and U-Net); a changed setting redoes what depends on it. The extraction
     belongs to the profile's saved split: a ``prep`` with another split (a k-fold or
-    cross-data-set run, see ``results``) and no ``prep`` at all (readers of a finished
+    cross-data-set run, see ``results``; a derived run, ``Profile.subrun``) and no ``prep`` at all (readers of a finished
     stage, e.g. :func:`lung_masks`) use the complete extraction that is there, and read
     the profile's data only when there is none.
     """
-    if prep is not None and Path(prep.split_path).absolute() != (profile.artifacts / "splits.json").absolute():
+    own_split = Path(profile.base_artifacts) / "splits.json"
+    if prep is not None and Path(prep.split_path).absolute() != own_split.absolute():
         prep = None  # a derived split: never retrain the U-Net or re-extract for it
     cached = (store.manifest_complete(_seg.seg_dir(profile) / "manifest.json") if prep is None
               else _seg.extraction_current(profile, prep))
@@ -1028,6 +1029,19 @@ def student_seeds(profile, prep: _data.Prepared, seeds: Sequence[int], variants:
                             "val_auc": _num((hist.final or {}).get("val_auc", float("nan"))),
                             "test": {r["dataset"]: {m: r[m] for m in SEED_METRICS} for r in rows},
                             "attention": {k: att[k]["mean"] for k in SEED_ATTENTION}})
+    return {"seeds": seeds, "variants": list(variants), "reference": reference, "guide": g_test.source,
+            "guide_mode": guide_rule(profile, guide), "cam_loss": cam_loss, "guide_views": profile.guide_views,
+            "teachers": "trained once, on the fixed split, with the profile's seed",
+            "runs": runs, **summarize_variant_runs(runs, reference)}
+
+
+def summarize_variant_runs(runs: Mapping[str, Sequence[dict]], reference: str = "ce") -> dict:
+    """Students' runs (:func:`student_seeds`' rows, ``runs[variant][i]``, the ``i``-th run of
+    every variant paired: the same seed, or the same fold) summed up: ``{"summary":
+    {variant: {dataset: {metric: mean_sd}}}, "attention": {variant: {figure: mean_sd}},
+    "paired": {variant: {"test": {dataset: {metric: paired_difference against
+    reference}}, "attention": {...}}}}``."""
+    variants = list(runs)
     datasets = list(runs[variants[0]][0]["test"])
     summary = {v: {ds: {m: _metrics.mean_sd([r["test"][ds][m] for r in runs[v]]) for m in SEED_METRICS}
                    for ds in datasets} for v in variants}
@@ -1045,10 +1059,7 @@ def student_seeds(profile, prep: _data.Prepared, seeds: Sequence[int], variants:
                          "attention": {k: _metrics.paired_difference([r["attention"][k] for r in runs[v]],
                                                                      [r["attention"][k] for r in ref])
                                        for k in SEED_ATTENTION}}
-    return {"seeds": seeds, "variants": list(variants), "reference": reference, "guide": g_test.source,
-            "guide_mode": guide_rule(profile, guide), "cam_loss": cam_loss, "guide_views": profile.guide_views,
-            "teachers": "trained once, on the fixed split, with the profile's seed",
-            "runs": runs, "summary": summary, "attention": attention, "paired": paired}
+    return {"summary": summary, "attention": attention, "paired": paired}
 
 
 def teacher_seed_row(entry: Mapping, seed: int) -> dict:

@@ -343,11 +343,13 @@ def seeds_table(seeds: dict, dataset: str = "all"):
     return pd.DataFrame(rows).set_index("student")
 
 
-def seeds_verdicts(seeds: dict, dataset: str = "all") -> list[str]:
+def seeds_verdicts(seeds: dict, dataset: str = "all", over: str = "seeds") -> list[str]:
     """One line per variant and figure: is its paired difference against the reference
     above zero, below, or undecided (the 95 % interval contains 0)? Read from the
-    numbers, so that a chapter's conclusion follows its own run."""
-    out, ref, n = [], seeds["reference"], len(seeds["seeds"])
+    numbers, so that a chapter's conclusion follows its own run. ``over``: what the runs
+    are paired by, "seeds" (:func:`pipeline.student_seeds`) or "folds"
+    (:func:`results.kfold_students`)."""
+    out, ref, n = [], seeds["reference"], len(seeds[over])
     names = {"accuracy": ("accuracy", True), "auc": ("AUC", False)}
     for v, p in seeds["paired"].items():
         for key, d, (label, pct) in [(k, p["test"][dataset][k], names[k]) for k in names] + \
@@ -355,14 +357,14 @@ def seeds_verdicts(seeds: dict, dataset: str = "all") -> list[str]:
             if d.get("mean") is None:
                 continue
             if d.get("lo") is None:
-                word = "one seed only: no interval"
+                word = f"one {over[:-1]} only: no interval"
             elif d["lo"] > 0:
                 word = f"higher than {ref}'s"
             elif d["hi"] < 0:
                 word = f"lower than {ref}'s"
             else:
                 word = f"not told apart from {ref}'s (the interval contains 0)"
-            out.append(f"{v}: {label} ({dataset}) {word}: {format_diff(d, pct)} over {n} paired seeds")
+            out.append(f"{v}: {label} ({dataset}) {word}: {format_diff(d, pct)} over {n} paired {over}")
     return out
 
 

@@ -11,7 +11,9 @@ at once:
   triage test (sensitivity >= 90 % with specificity >= 70 %) on the test split;
 - :func:`costs` — parameters, FLOPs, weights size, CPU latency at batch 1 and 32;
 - :func:`kfold` — k-fold cross-validation (mean ± sd over the folds);
-- :func:`cross_dataset` — trained on one data set, tested on the other.
+- :func:`cross_dataset` — trained on one data set, tested on the other;
+- :func:`kfold_students` — the students over the same folds, each fold with its own
+  teachers (not in the chapters: a teacher run per fold; ``scripts/kfold_students.py``).
 
 The paper reports accuracy only (91.2 % Shenzhen, 85.7 % Montgomery: :data:`PAPER`).
 :func:`readme_table` turns ``results.json`` into the README's table (the script
@@ -27,7 +29,9 @@ cheap honest choice is made instead: the folds measure how much the *architectur
 accuracy moves with the split, the cross-data-set runs how far it carries to another
 hospital's X-rays, and the distillation's own effect is measured on the fixed split
 (chapter 04's ablation, and :func:`test_metrics` here). In the ``full`` profile the
-teachers are cross-validated as well (:func:`default_cv_models`).
+teachers are cross-validated as well (:func:`default_cv_models`). The costly comparison
+exists too, outside the chapters: :func:`kfold_students` (``scripts/kfold_students.py``)
+trains each fold's own teachers and compares the students over the same folds, paired.
 The folds cover every image of the profile (each is held out exactly once); their
 models serve nothing else: no setting of the main pipeline is chosen on them.
 """
@@ -237,6 +241,23 @@ def _train_one(profile, sub: _data.Prepared, name: str, ckpt_dir: Path, epochs: 
     return arch
 
 
+def fold_splits(profile, prep: _data.Prepared, k: int | None = None) -> list[tuple[int, _data.Split, list[str]]]:
+    """The k folds every k-fold run of the profile shares: ``(i, inner split, held-out keys)``
+    for fold ``i`` = 1..k. The held-out images are the fold's test part (``data.kfold_splits``,
+    stratified by data set and label, seeded); the rest is split again into train and
+    validation in the main split's proportions (stratified, seeded by ``profile.seed + i``)."""
+    k = int(k or profile.kfold)
+    by_key = {r.key: r for r in prep.records}
+    tr, va, _ = profile.split_fractions
+    val_share = va / (tr + va)
+    out = []
+    for i, (rest, held) in enumerate(_data.kfold_splits(prep.records, k=k, seed=profile.seed), 1):
+        inner = _data.make_split([by_key[key] for key in rest], seed=profile.seed + i,
+                                 fractions=(1 - val_share, val_share, 0.0))
+        out.append((i, inner, held))
+    return out
+
+
 def kfold(profile, prep: _data.Prepared, models: Sequence[str] | None = None, k: int | None = None,
           epochs: int | None = None, progress: bool = False) -> dict:
     """Stratified k-fold cross-validation (``data.kfold_splits`` over every image).
@@ -251,17 +272,11 @@ def kfold(profile, prep: _data.Prepared, models: Sequence[str] | None = None, k:
     k = int(k or profile.kfold)
     models = list(models or default_cv_models(profile))
     epochs = cv_epochs(profile, epochs)
-    folds = _data.kfold_splits(prep.records, k=k, seed=profile.seed)
-    by_key = {r.key: r for r in prep.records}
-    tr, va, _ = profile.split_fractions
-    val_share = va / (tr + va)
     root = Path(profile.artifacts) / "kfold"
     out = {"k": k, "epochs": epochs, "seed": profile.seed, "models": {}}
     folds_of = {name: [] for name in models}  # per model: (fold, inner split, held-out keys, folder, Prepared)
     for name in models:
-        for i, (rest, held) in enumerate(folds, 1):
-            inner = _data.make_split([by_key[key] for key in rest], seed=profile.seed + i,
-                                     fractions=(1 - val_share, val_share, 0.0))
+        for i, inner, held in fold_splits(profile, prep, k):
             fold_dir = root / _slug(name) / f"fold{i}"
             sub = _sub_prep(prep, fold_dir / "split.json", inner.train, inner.val, held, fold=i, k=k)
             folds_of[name].append((i, inner, held, fold_dir, sub))
@@ -288,6 +303,76 @@ def kfold(profile, prep: _data.Prepared, models: Sequence[str] | None = None, k:
                         for m in _metrics.METRICS} for ds in datasets}
         out["models"][name] = {"folds": runs, "summary": summary}
     return out
+
+
+#: where the k-fold students' runs live, under the profile's artifacts: one derived run per fold
+KFOLD_STUDENTS_DIR = "kfold-students"
+
+
+def fold_profile(profile, i: int, teachers: Sequence[str] | None = None):
+    """Fold ``i``'s distillation run: the profile with its own split, teachers, maps and
+    students in ``artifacts/<profile>/kfold-students/fold<i>/`` (``Profile.subrun``), the lung
+    extraction shared, and ``teachers`` (default: the profile's) as its teachers."""
+    return profile.replace(subrun=f"{KFOLD_STUDENTS_DIR}/fold{int(i)}", teachers=tuple(teachers or profile.teachers))
+
+
+def kfold_students(profile, prep: _data.Prepared, variants: Sequence[str] = ("ce", "kd+cam"),
+                   teachers: Sequence[str] | None = None, k: int | None = None, folds: Sequence[int] | None = None,
+                   reference: str = "ce", on_fold=None, progress: bool = False) -> dict:
+    """The students compared over the k folds, each fold with **its own teachers**.
+
+    A distilled student measured on a fold's held-out images must learn from teachers that
+    never saw them. So every fold is a whole run of chapters 02 to 04 (:func:`fold_profile`)
+    on :func:`fold_splits`' fold (the folds of :func:`kfold`): ``teachers`` (default: the
+    profile's five; fewer cost less, and the guide is then chosen among them) are trained on
+    the fold's train part, the guide is chosen by the profile's rule on the fold's validation
+    part, and every variant of ``variants`` is trained with the profile's seed and measured on
+    the held-out part like chapter 04's students (``pipeline.student_seeds``: threshold chosen
+    on validation). The variants are paired by fold. The U-Net is the profile's, trained once
+    on the main split's training masks: it saw lung outlines of some held-out images, never
+    their labels.
+
+    ``folds`` runs a subset (1-based); ``on_fold`` is called with the summary so far after each
+    fold. Every run is cached in its fold's folder, so a stopped call resumes. Returns ``{"k",
+    "variants", "reference", "teachers", "guide_mode", "folds": [{"fold", "n_train", "n_val",
+    "n_test", "guide", "teachers": {arch: {"val_auc", "test"}}, "runs": {variant: row}}],
+    "teacher_summary": {arch: {dataset: {metric: mean_sd}}}}`` and
+    ``pipeline.summarize_variant_runs``' ``summary``, ``attention`` and ``paired`` over the folds.
+    """
+    k = int(k or profile.kfold)
+    teachers = tuple(teachers or profile.teachers)
+    want = None if folds is None else {int(f) for f in folds}
+    done = []
+
+    def summary() -> dict:
+        out = {"k": k, "variants": list(variants), "reference": reference, "teachers": list(teachers),
+               "guide_mode": _pipe.guide_rule(profile), "seed": profile.seed, "folds": list(done)}
+        if done:
+            out.update(_pipe.summarize_variant_runs({v: [f["runs"][v] for f in done] for v in variants}, reference))
+            datasets = list(done[0]["runs"][variants[0]]["test"])
+            out["teacher_summary"] = {a: {ds: {m: _metrics.mean_sd([f["teachers"][a]["test"][ds][m] for f in done])
+                                               for m in _pipe.SEED_METRICS} for ds in datasets} for a in teachers}
+        return out
+
+    for i, inner, held in fold_splits(profile, prep, k):
+        if want is not None and i not in want:
+            continue
+        p = fold_profile(profile, i, teachers)
+        sub = _sub_prep(prep, Path(p.artifacts) / "splits.json", inner.train, inner.val, held, fold=i, k=k)
+        for arch in teachers:  # one at a time, with the machine's threads (the students then side by side)
+            _pipe.train_teacher(p, arch, sub, progress=progress)
+        res = _pipe.student_seeds(p, sub, [p.seed], variants=variants, reference=reference, progress=progress)
+        teach = {}
+        for arch in teachers:
+            preds = _pipe.predictions(p, _pipe.teacher_dir(p, arch), arch, sub)
+            rows = _pipe.evaluate(preds, rule="youden", n_boot=0, seed=p.seed)
+            teach[arch] = {"val_auc": round(_pipe.val_auc(preds), 4),
+                           "test": {r["dataset"]: {m: r[m] for m in _pipe.SEED_METRICS} for r in rows}}
+        done.append({"fold": i, "n_train": len(inner.train), "n_val": len(inner.val), "n_test": len(held),
+                     "guide": res["guide"], "teachers": teach, "runs": {v: res["runs"][v][0] for v in variants}})
+        if on_fold is not None:
+            on_fold(summary())
+    return summary()
 
 
 def cross_dataset(profile, prep: _data.Prepared, n_boot: int = 1000, epochs: int | None = None,
