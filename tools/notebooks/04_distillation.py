@@ -529,7 +529,8 @@ cells = [
     The teachers are *not* retrained per seed: every student learns from the same five teachers,
     trained once on the fixed split. Retraining them per seed — or per fold of a cross-validation,
     whose held-out images the guiding teachers must never have seen — would cost five times the
-    teachers' chapter. How much the teachers themselves move from seed to seed, and whether the
+    teachers' chapter (`scripts/kfold_students.py` pays that price for the folds, outside the chapters;
+    README). How much the teachers themselves move from seed to seed, and whether the
     same one comes out best, is measured apart by `scripts/teacher_seeds.py` (README).
     """),
     code("""

@@ -247,7 +247,8 @@ cells = [
     need, for every fold, five teachers that never saw that fold's held-out images, and their maps: the
     whole kit again, *k* times. The folds here therefore measure how much the student *architecture's*
     accuracy moves with the split; what distillation adds is measured on the fixed split above and in
-    chapter 04. In the `full` profile (a GPU) every teacher is cross-validated too. The fold models
+    chapter 04. The costly comparison runs outside the chapters: `scripts/kfold_students.py` trains each
+    fold's own teachers and compares the students over these same folds, paired by fold (README). In the `full` profile (a GPU) every teacher is cross-validated too. The fold models
     serve nothing else: nothing in the main pipeline is chosen on them. On `quick` they train for 3
     epochs to keep the chapter short.
     """),
