@@ -759,7 +759,8 @@ def readme_table(results: dict, written: str | None = None, teacher_seeds: dict 
              f"Brackets: {round(100 * results['settings']['ci_level'])} % bootstrap CI "
              f"({results['settings']['n_boot']} resamples); threshold chosen on the validation split. "
              "Verdict: *beats* — the CI lies above the paper's figure; *matches* — it contains it; "
-             "*misses* — it lies below.",
+             "*misses* — it lies below. Best teacher: the teacher with the highest accuracy on that test "
+             "set (ties: the name later in the alphabet), for comparison only; the guide is chosen on validation.",
              *([f"Seeds: the kd+cam student trained with {len(results['seeds']['seeds'])} seeds on the same "
                 "split and teachers, mean ± SD of its test accuracy (run-to-run spread, beside the bootstrap "
                 "interval of one run, which covers only the sampling of test images); kd+cam − ce: the paired "

@@ -2,7 +2,9 @@
 on a tiny profile."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 
 import numpy as np
@@ -17,8 +19,17 @@ TINY = dict(phantom_counts={"shenzhen": 24, "montgomery": 16}, phantom_size=64, 
 FOLD_TEACHERS = ("resnet18",)
 
 
+def _script():
+    spec = importlib.util.spec_from_file_location("kfold_students", config.REPO_ROOT / "scripts" / "kfold_students.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    """The script runs the comparison (its results file is rewritten after each fold); then
+    ``results.kfold_students`` is called again, which must train nothing."""
     base = tmp_path_factory.mktemp("kfold-students")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TBKD_ARTIFACTS", str(base / "artifacts"))
@@ -28,13 +39,19 @@ def run(tmp_path_factory):
         pipeline.lungs(prof, prep, progress=False)
         unet = segmentation.seg_dir(prof) / "unet.pt"
         before = unet.stat().st_mtime_ns
-        seen = []
-        out = results.kfold_students(prof, prep, teachers=FOLD_TEACHERS, on_fold=seen.append)
-        yield prof, prep, out, seen, before
+        mp.setattr(config, "get_profile", lambda name="quick", data_dir=None, **kw: prof)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert _script().main(["--teachers", *FOLD_TEACHERS, "--out", "ks.json"]) == 0
+        doc = json.loads((prof.results / "ks.json").read_text())
+        stamps = {p: p.stat().st_mtime_ns for p in prof.artifacts.rglob("best.pt")}
+        out = results.kfold_students(prof, prep, teachers=FOLD_TEACHERS)
+        assert {p: p.stat().st_mtime_ns for p in prof.artifacts.rglob("best.pt")} == stamps
+        yield prof, prep, out, doc, printed.getvalue(), before
 
 
 def test_each_fold_has_its_own_teachers_that_never_saw_its_held_out_images(run):
-    prof, prep, out, _, _ = run
+    prof, prep, _, _, _, _ = run
     held = []
     for i in (1, 2):
         fp = results.fold_profile(prof, i, FOLD_TEACHERS)
@@ -56,16 +73,15 @@ def test_each_fold_has_its_own_teachers_that_never_saw_its_held_out_images(run):
 
 
 def test_the_lung_extraction_is_shared_not_redone(run):
-    prof, _, _, _, before = run
+    prof, _, _, _, _, before = run
     assert (segmentation.seg_dir(prof) / "unet.pt").stat().st_mtime_ns == before
     assert not list((prof.artifacts / "kfold-students").rglob("segmentation"))
     assert segmentation.seg_dir(results.fold_profile(prof, 1)) == segmentation.seg_dir(prof)
 
 
 def test_variants_are_paired_by_fold_and_summed_up(run):
-    _, _, out, seen, _ = run
+    _, _, out, doc, printed, _ = run
     assert [f["fold"] for f in out["folds"]] == [1, 2] and out["k"] == 2
-    assert [len(s["folds"]) for s in seen] == [1, 2] and seen[-1] == out
     assert out["teachers"] == list(FOLD_TEACHERS)
     for f in out["folds"]:
         assert set(f["runs"]) == {"ce", "kd+cam"} and set(f["teachers"]) == set(FOLD_TEACHERS)
@@ -80,24 +96,13 @@ def test_variants_are_paired_by_fold_and_summed_up(run):
     assert out["teacher_summary"]["resnet18"]["all"]["auc"]["mean"] == pytest.approx(np.mean(aucs), abs=1e-4)
 
 
-def test_a_second_call_trains_nothing_and_a_subset_of_folds_runs_alone(run):
-    prof, prep, out, _, _ = run
-    stamps = {p: p.stat().st_mtime_ns for p in prof.artifacts.rglob("best.pt")}
-    assert len(stamps) == 2 * (len(FOLD_TEACHERS) + 2)
-    again = results.kfold_students(prof, prep, teachers=FOLD_TEACHERS, folds=[2])
-    assert [f["fold"] for f in again["folds"]] == [2] and again["folds"][0] == out["folds"][1]
-    assert {p: p.stat().st_mtime_ns for p in prof.artifacts.rglob("best.pt")} == stamps
-
-
-def test_the_script_writes_its_results_file(run, monkeypatch, capsys):
-    prof = run[0]
-    spec = importlib.util.spec_from_file_location("kfold_students", config.REPO_ROOT / "scripts" / "kfold_students.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    monkeypatch.setattr(config, "get_profile", lambda name="quick", data_dir=None, **kw: prof)
-    assert mod.main(["--teachers", *FOLD_TEACHERS, "--out", "ks.json"]) == 0
-    doc = json.loads((prof.results / "ks.json").read_text())
-    assert doc["profile"] == "quick" and [f["fold"] for f in doc["folds"]] == [1, 2]
-    assert doc["paired"] == run[2]["paired"]
-    printed = capsys.readouterr().out
-    assert "fold 1" in printed and "kd+cam" in printed and "ks.json" in printed
+def test_the_script_writes_after_each_fold_and_a_second_call_trains_nothing(run):
+    prof, prep, out, doc, printed, _ = run
+    # the script's file holds what the (cached) second call returns
+    assert doc["profile"] == "quick" and {k: v for k, v in doc.items() if k not in ("profile", "seconds")} == \
+        json.loads(json.dumps(out, default=store._jsonable))
+    assert printed.index("fold 1 (") < printed.index("fold 2 (") < printed.index("over 2 paired folds")
+    assert "ks.json" in printed
+    assert len(list(prof.artifacts.rglob("best.pt"))) == 2 * (len(FOLD_TEACHERS) + 2)
+    one = results.kfold_students(prof, prep, teachers=FOLD_TEACHERS, folds=[2])
+    assert [f["fold"] for f in one["folds"]] == [2] and one["folds"][0] == out["folds"][1]
