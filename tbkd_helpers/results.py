@@ -723,15 +723,33 @@ def teachers_line(results: dict) -> str | None:
             + "; ".join(parts) + ".")
 
 
-def teacher_seeds_line(teacher_seeds: dict, profile_name: str) -> str:
+def _same_teachers(teacher_seeds: dict, results: dict | None) -> bool | None:
+    """Whether the first seed's rows of ``teacher_seeds`` are the teachers of ``results``
+    (the same test AUC on every data set) or another draw; None when either lacks the figures."""
+    test = (results or {}).get("test") or {}
+    runs = teacher_seeds.get("runs") or {}
+    if not all(test.get(a) and runs.get(a) for a in teacher_seeds["teachers"]):
+        return None
+    for a in teacher_seeds["teachers"]:
+        by = {r["dataset"]: r["auc"] for r in test[a]}
+        if any(by.get(ds) != row["auc"] for ds, row in runs[a][0]["test"].items()):
+            return False
+    return True
+
+
+def teacher_seeds_line(teacher_seeds: dict, profile_name: str, results: dict | None = None) -> str:
     """One line: each teacher's test AUC per data set over its training seeds (mean ± SD),
-    and which teacher was the best on validation with each seed."""
+    and which teacher was the best on validation with each seed. With ``results`` (the run
+    the README shows), says whether the first seed's teachers are that run's."""
     ts, n = teacher_seeds, len(teacher_seeds["seeds"])
     parts = [f"{a} " + ", ".join(_reports.format_spread(ts["summary"][a][ds]["auc"], False)
                                  for ds in PAPER if ds in ts["summary"][a]) for a in ts["teachers"]]
     picked = list(ts["best_on_validation"].values())
     best = ", ".join(f"{a} with {picked.count(a)} of {n}" for a in dict.fromkeys(picked))
-    own = (f"; seed {ts['seeds'][0]}: chapter 02's teachers, read from `{ts['own_seed_from']}`, not retrained"
+    same = _same_teachers(ts, results)
+    whose = {None: "chapter 02's teachers", True: "this run's chapter 02 teachers",
+             False: "an earlier run's chapter 02 teachers, not this run's (another draw of the same seed)"}[same]
+    own = (f"; seed {ts['seeds'][0]}: {whose}, read from `{ts['own_seed_from']}`, not retrained"
            if ts.get("own_seed_from") else "")
     return (f"Teachers over {n} training seeds {ts['seeds']} on the same split (`scripts/teacher_seeds.py`, "
             f"`results/{profile_name}/teacher_seeds.json`{own}), test AUC ("
@@ -787,7 +805,7 @@ def readme_table(results: dict, written: str | None = None, teacher_seeds: dict 
         if tp.get("mean") is not None:
             notes.append(f"That teacher over {len(teacher_seeds['seeds'])} training seeds: {_pct(tp['mean'])} "
                          f"(SD {100 * (tp['sd'] or 0):.1f} points).")
-    extras = [teachers_line(results), teacher_seeds_line(teacher_seeds, prof) if teacher_seeds else None,
+    extras = [teachers_line(results), teacher_seeds_line(teacher_seeds, prof, results) if teacher_seeds else None,
               readme_seeds_table(results)]
     for extra in extras:
         if extra:

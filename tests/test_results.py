@@ -176,6 +176,14 @@ def test_readme_table_gives_the_teachers_over_seeds_when_measured():
     ts["own_seed_from"] = "results/real/teachers.json"
     assert ("`results/real/teacher_seeds.json`; seed 0: chapter 02's teachers, read from "
             "`results/real/teachers.json`, not retrained), test AUC") in results.readme_table(doc, teacher_seeds=ts)
+    # with the run's own test figures the line tells this run's teachers from an earlier run's
+    doc["test"] = {a: [{"dataset": ds, "auc": 0.9} for ds in ("shenzhen", "montgomery")] for a in ts["teachers"]}
+    ts["runs"] = {a: [{"test": {ds: {"auc": 0.9} for ds in ("shenzhen", "montgomery")}}] for a in ts["teachers"]}
+    assert "seed 0: this run's chapter 02 teachers, read from" in results.readme_table(doc, teacher_seeds=ts)
+    ts["runs"]["resnet18"][0]["test"]["montgomery"]["auc"] = 0.8
+    assert "seed 0: an earlier run's chapter 02 teachers, not this run's" in \
+        results.readme_table(doc, teacher_seeds=ts)
+    del doc["test"]
     sv = doc["student_vs_teacher"]
     tp = ts["summary"][sv["teacher"]][sv["dataset"]]["accuracy"]
     assert f"That teacher over 2 training seeds: {100 * tp['mean']:.1f} % (SD {100 * tp['sd']:.1f} points)." in table
