@@ -42,11 +42,11 @@ def lungs(profile, prep: _data.Prepared | None = None, progress: bool = True) ->
     used only when it is current (:func:`segmentation.extraction_current`: same settings,
     data, split and U-Net); a changed setting redoes what depends on it. The extraction
     belongs to the profile's saved split: a ``prep`` with another split (a k-fold or
-    cross-data-set run, see ``results``; a derived run, ``Profile.subrun``) and no ``prep`` at all (readers of a finished
-    stage, e.g. :func:`lung_masks`) use the complete extraction that is there, and read
-    the profile's data only when there is none.
+    cross-data-set run, see ``results``; a derived run, ``Profile.subrun``) and no ``prep``
+    at all (readers of a finished stage, e.g. :func:`lung_masks`) use the complete
+    extraction that is there, and read the profile's data only when there is none.
     """
-    own_split = Path(profile.base_artifacts) / "splits.json"
+    own_split = profile.base_artifacts / "splits.json"
     if prep is not None and Path(prep.split_path).absolute() != own_split.absolute():
         prep = None  # a derived split: never retrain the U-Net or re-extract for it
     cached = (store.manifest_complete(_seg.seg_dir(profile) / "manifest.json") if prep is None

@@ -101,8 +101,8 @@ TEACHER = Recipe(
     # predicts one class; 2e-4 trains it. The others have BatchNorm and take 1e-3.
     lr_by_arch={"vgg16": 2e-4},
     # MobileNet V3 Large learns slowest: on the real X-rays, with the profile's 10 epochs, it kept
-    # one of its last epochs in the epochs study (10, 10 and 9) and stayed below the others (test AUC 0.82 +- 0.01 over 3 seeds on Shenzhen,
-    # where the rest reached 0.89-0.93), and a learning rate of 3e-4 or 3e-3 did no better on
+    # one of its last epochs in the epochs study (10, 10 and 9) and stayed below the others (test
+    # AUC 0.82 +- 0.01 over 3 seeds on Shenzhen, where the rest reached 0.89-0.93), and a learning rate of 3e-4 or 3e-3 did no better on
     # validation. Over 3 seeds paired on the real validation split (scripts/teacher_epochs_study.py,
     # results/real/teacher_epochs.json), 20 epochs raised its validation AUC by +0.028 [-0.063,
     # +0.120] over 10 (0.826 against 0.798), more than the TUNING_MARGIN (0.02) the kit asks of a

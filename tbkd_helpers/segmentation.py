@@ -66,7 +66,7 @@ RESUME_EVERY_S = 60.0  # save a resumable state at most this often during traini
 def seg_dir(profile) -> Path:
     """``artifacts/<profile>/segmentation``: checkpoint, masks, extracted images, manifest
     (shared by the profile's derived runs, ``Profile.subrun``)."""
-    return Path(profile.base_artifacts) / "segmentation"
+    return profile.base_artifacts / "segmentation"
 
 
 def extract_size(profile) -> int:
