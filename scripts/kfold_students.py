@@ -17,7 +17,9 @@ folds and its paired difference from ``ce`` with a 95 % t-interval.
 Each fold is a folder of its own, ``artifacts/<profile>/kfold-students/fold<i>/`` (its split,
 teachers, maps and students; the lung extraction is the profile's), so a stopped run resumes
 where it stopped, and ``--folds`` runs some folds now and the others later. The results file,
-``results/<profile>/<out>``, is rewritten after every fold with the folds finished so far.
+``results/<profile>/<out>``, is rewritten after every fold with the folds of this call finished
+so far; a last call without ``--folds`` gathers every fold (from the cache) for
+``scripts/results_table.py``, which puts it in the README's results block.
 
 Cost on the ``real`` profile, per fold: the teachers as in chapter 02 (DenseNet121 and VGG16-BN
 are about two thirds of the five), their maps of the fixed views, and the students as in
@@ -72,6 +74,10 @@ def main(argv=None) -> int:
         for line in reports.seeds_verdicts(out, ds, over="folds"):
             print(line)
     print(f"wrote {path}")
+    if args.folds:
+        print(f"{path.name} holds folds {', '.join(map(str, sorted(set(args.folds))))} only: once every fold has run, "
+              "run again without --folds to gather them all (the folds already run are read from their folders, "
+              "nothing is trained again); scripts/results_table.py puts the file beside results.json in the README")
     return 0
 
 

@@ -40,14 +40,20 @@ def main(argv=None) -> int:
     timings = Path(path).with_name(results.TIMINGS_FILE)
     written = (json.loads(timings.read_text()).get("written") if timings.is_file() else None) \
         or datetime.date.fromtimestamp(Path(path).stat().st_mtime).isoformat()
-    # the teachers over training seeds, when scripts/teacher_seeds.py has written them beside it
-    ts_path = Path(path).with_name(results.TEACHER_SEEDS_FILE)
-    teacher_seeds = json.loads(ts_path.read_text()) if ts_path.is_file() else None
-    if teacher_seeds and teacher_seeds.get("profile") != res["profile"]:
-        print(f"results_table: {ts_path}: written for profile {teacher_seeds.get('profile')!r}, not "
-              f"{res['profile']!r}; left out", file=sys.stderr)
-        teacher_seeds = None
-    table = results.readme_table(res, written=written, teacher_seeds=teacher_seeds)
+    def beside(name):  # a study's file written beside results.json for the same profile, else None
+        f = Path(path).with_name(name)
+        doc = json.loads(f.read_text()) if f.is_file() else None
+        if doc and doc.get("profile") != res["profile"]:
+            print(f"results_table: {f}: written for profile {doc.get('profile')!r}, not {res['profile']!r}; "
+                  "left out", file=sys.stderr)
+            return None
+        return doc
+
+    # the teachers over training seeds (scripts/teacher_seeds.py), the students over folds
+    # (scripts/kfold_students.py), when written beside it
+    teacher_seeds, kfold_students = beside(results.TEACHER_SEEDS_FILE), beside(results.KFOLD_STUDENTS_FILE)
+    table = results.readme_table(res, written=written, teacher_seeds=teacher_seeds,
+                                 kfold_students=kfold_students)
     print(table, end="")
     if args.update_readme:
         if results.update_readme(args.readme, table):

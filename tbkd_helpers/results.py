@@ -576,6 +576,7 @@ def results_path(profile) -> Path:
 TIMING_KEYS = ("latency_ms_b1", "latency_ms_b32")
 TIMINGS_FILE = "timings.json"
 TEACHER_SEEDS_FILE = "teacher_seeds.json"  # scripts/teacher_seeds.py, beside results.json
+KFOLD_STUDENTS_FILE = "kfold_students.json"  # scripts/kfold_students.py, beside results.json
 
 
 def split_timings(results: dict) -> tuple[dict, dict]:
@@ -675,6 +676,34 @@ def comparison_table(results: dict, teacher_seeds: dict | None = None):
     return pd.DataFrame(rows).set_index("data set")
 
 
+def _variants_table(block: dict) -> list[str]:
+    """The students' rows (markdown) of a comparison over paired runs (seeds or folds):
+    :func:`pipeline.summarize_variant_runs`' ``summary``, ``attention`` and ``paired`` with the
+    block's ``variants`` and ``reference``."""
+    ref = block["reference"]
+    sets = [ds for ds in PAPER if any(ds in block["summary"].get(v, {}) for v in block["variants"])]
+    head = ["student"] + [f"{ds.capitalize()} {m}" for ds in sets for m in ("accuracy", "AUC")] + [
+        "in-lung share", f"accuracy − {ref} ({sets[0].capitalize()})", f"in-lung − {ref}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in block["variants"]:
+        summ, pair = block["summary"].get(v, {}), block["paired"].get(v, {})
+        cells = [v]
+        for ds in sets:
+            cells += [_reports.format_spread(summ.get(ds, {}).get("accuracy") or {}, True),
+                      _reports.format_spread(summ.get(ds, {}).get("auc") or {}, False)]
+        cells.append(_reports.format_spread(block["attention"].get(v, {}).get("in_lung") or {}, False))
+        cells.append(_reports.format_diff(pair.get("test", {}).get(sets[0], {}).get("accuracy") or {}, True)
+                     if v != ref else "—")
+        cells.append(_reports.format_diff(pair.get("attention", {}).get("in_lung") or {}, False) if v != ref else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _uniform_in_lung(results: dict) -> str:
+    chance = (results.get("attention") or {}).get("chance", {}).get("in_lung")
+    return f" (a uniform map: {chance:.2f})." if chance is not None else "."
+
+
 def readme_seeds_table(results: dict) -> str | None:
     """The students over seeds (markdown): per variant, the mean ± SD of the test accuracy
     and AUC per data set and of the in-lung share of its maps, and the paired difference
@@ -682,29 +711,38 @@ def readme_seeds_table(results: dict) -> str | None:
     seeds = results.get("seeds")
     if not seeds:
         return None
-    n, ref = len(seeds["seeds"]), seeds["reference"]
-    sets = [ds for ds in PAPER if any(ds in seeds["summary"].get(v, {}) for v in seeds["variants"])]
+    note = (f"Students over {len(seeds['seeds'])} seeds {seeds['seeds']} (mean ± SD; same split, teachers and "
+            f"guide {seeds['guide']}; the teachers {seeds['teachers']}); differences paired by seed with their "
+            "95 % t-interval; in-lung share: the part of a student's Grad-CAM map that falls inside the lungs "
+            "on the pooled test images" + _uniform_in_lung(results))
+    return "\n".join(_variants_table(seeds)) + "\n\n" + note
 
-    head = ["student"] + [f"{ds.capitalize()} {m}" for ds in sets for m in ("accuracy", "AUC")] + [
-        "in-lung share", f"accuracy − {ref} ({sets[0].capitalize()})", f"in-lung − {ref}"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for v in seeds["variants"]:
-        summ, pair = seeds["summary"].get(v, {}), seeds["paired"].get(v, {})
-        cells = [v]
-        for ds in sets:
-            cells += [_reports.format_spread(summ.get(ds, {}).get("accuracy") or {}, True),
-                      _reports.format_spread(summ.get(ds, {}).get("auc") or {}, False)]
-        cells.append(_reports.format_spread(seeds["attention"].get(v, {}).get("in_lung") or {}, False))
-        cells.append(_reports.format_diff(pair.get("test", {}).get(sets[0], {}).get("accuracy") or {}, True)
-                     if v != ref else "—")
-        cells.append(_reports.format_diff(pair.get("attention", {}).get("in_lung") or {}, False) if v != ref else "—")
-        lines.append("| " + " | ".join(cells) + " |")
-    chance = (results.get("attention") or {}).get("chance", {}).get("in_lung")
-    note = (f"Students over {n} seeds {seeds['seeds']} (mean ± SD; same split, teachers and guide "
-            f"{seeds['guide']}; the teachers {seeds['teachers']}); differences paired by seed with their 95 % t-interval; "
-            "in-lung share: the part of a student's Grad-CAM map that falls inside the lungs on the pooled "
-            "test images" + (f" (a uniform map: {chance:.2f})." if chance is not None else "."))
-    return "\n".join(lines) + "\n\n" + note
+
+def readme_folds_table(kfold_students: dict, results: dict | None = None) -> str | None:
+    """The students over the k folds, each fold with its own teachers (markdown; the file
+    ``scripts/kfold_students.py`` writes): per variant, the mean ± SD over the folds run so
+    far and the paired difference from the reference, by fold. ``None`` without a fold."""
+    ks = kfold_students
+    folds = ks.get("folds") or []
+    if not folds or not ks.get("summary"):
+        return None
+    n, k = len(folds), ks["k"]
+    which = ", ".join(str(f["fold"]) for f in folds)
+    guides = sorted({f["guide"] for f in folds})
+    ts = ks["teacher_summary"]
+    first = next(ds for ds in (*PAPER, "all") if ds in ts[ks["teachers"][0]])
+    teach = "; ".join(f"{a} " + _reports.format_spread(ts[a][first]["auc"], False) for a in ks["teachers"])
+    note = (f"Students over {'all ' if n == k else ''}{n} of the {k} folds ({which}"
+            + ("" if n == k else "; the others not run yet") + ") of `scripts/kfold_students.py` "
+            f"(`results/{ks['profile']}/kfold_students.json`): on each fold its own teachers "
+            f"({', '.join(ks['teachers'])}), trained on the fold's train part, so that no guide saw the fold's "
+            f"held-out images; the guide chosen on the fold's validation part ({' / '.join(guides)}); every "
+            f"student trained with seed {ks['seed']}; mean ± SD over the folds, differences paired by fold with "
+            "their 95 % t-interval; the folds are chapter 05's. Held-out images a fold: "
+            + ", ".join(str(f["n_test"]) for f in folds)
+            + f". The fold teachers' test AUC ({first.capitalize()}), mean ± SD: {teach}. In-lung share: the part "
+            "of a student's Grad-CAM map inside the lungs on the fold's held-out images" + _uniform_in_lung(results or {}))
+    return "\n".join(_variants_table(ks)) + "\n\n" + note
 
 
 def teachers_line(results: dict) -> str | None:
@@ -762,10 +800,12 @@ def reproduce_command(profile_name: str, data: str) -> str:
     return f"make reproduce PROFILE={profile_name}" + (" TBKD_DATA_DIR=..." if data == "real" else "")
 
 
-def readme_table(results: dict, written: str | None = None, teacher_seeds: dict | None = None) -> str:
+def readme_table(results: dict, written: str | None = None, teacher_seeds: dict | None = None,
+                 kfold_students: dict | None = None) -> str:
     """The README's results block (markdown), made from ``results.json`` (``written``: the
     date the run wrote it, e.g. the file's modification date) and, when given, the teachers
-    over training seeds (``teacher_seeds``, the file ``scripts/teacher_seeds.py`` writes)."""
+    over training seeds (``teacher_seeds``, the file ``scripts/teacher_seeds.py`` writes) and
+    the students over folds (``kfold_students``, the file ``scripts/kfold_students.py`` writes)."""
     t = comparison_table(results, teacher_seeds)
     head = ["data set", *t.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -806,7 +846,8 @@ def readme_table(results: dict, written: str | None = None, teacher_seeds: dict 
             notes.append(f"That teacher over {len(teacher_seeds['seeds'])} training seeds: {_pct(tp['mean'])} "
                          f"(SD {100 * (tp['sd'] or 0):.1f} points).")
     extras = [teachers_line(results), teacher_seeds_line(teacher_seeds, prof, results) if teacher_seeds else None,
-              readme_seeds_table(results)]
+              readme_seeds_table(results),
+              readme_folds_table(kfold_students, results) if kfold_students else None]
     for extra in extras:
         if extra:
             notes.append(extra)

@@ -106,3 +106,25 @@ def test_the_script_writes_after_each_fold_and_a_second_call_trains_nothing(run)
     assert len(list(prof.artifacts.rglob("best.pt"))) == 2 * (len(FOLD_TEACHERS) + 2)
     one = results.kfold_students(prof, prep, teachers=FOLD_TEACHERS, folds=[2])
     assert [f["fold"] for f in one["folds"]] == [2] and one["folds"][0] == out["folds"][1]
+
+
+def test_the_readme_gives_the_folds_as_measured_and_says_which_are_missing(run):
+    prof, prep, out, doc, _, _ = run
+    table = results.readme_folds_table(doc)
+    lines = table.splitlines()
+    assert lines[0].startswith("| student | ") and "accuracy − ce" in lines[0]
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[1:-1]] for ln in lines[2:4]}
+    assert set(rows) == {"ce", "kd+cam"} and rows["ce"][-2:] == ["—", "—"]
+    head = [c.strip() for c in lines[0].split("|")[1:-1]]
+    ds = head[1].split()[0].lower()
+    acc = doc["summary"]["kd+cam"][ds]["accuracy"]
+    assert rows["kd+cam"][1] == f"{100 * acc['mean']:.1f} ± {100 * acc['sd']:.1f} %"
+    diff = doc["paired"]["kd+cam"]["test"][ds]["accuracy"]
+    assert rows["kd+cam"][head.index(f"accuracy − ce ({ds.capitalize()})")].startswith(f"{100 * diff['mean']:+.1f} pt")
+    assert "Students over all 2 of the 2 folds (1, 2) of `scripts/kfold_students.py`" in table
+    assert "(resnet18)" in table and "not run yet" not in table
+    # a part of the folds: the note says which ran and that the others did not
+    part = results.readme_folds_table({"profile": "quick", **results.kfold_students(prof, prep, teachers=FOLD_TEACHERS,
+                                                                                  folds=[2])})
+    assert "Students over 1 of the 2 folds (2; the others not run yet)" in part
+    assert results.readme_folds_table({"profile": "quick", "k": 2, "folds": []}) is None

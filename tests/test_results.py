@@ -189,6 +189,33 @@ def test_readme_table_gives_the_teachers_over_seeds_when_measured():
     assert f"That teacher over 2 training seeds: {100 * tp['mean']:.1f} % (SD {100 * tp['sd']:.1f} points)." in table
 
 
+def _kfold_students_doc(profile: str = "real") -> dict:
+    """What scripts/kfold_students.py writes, for folds 1 and 3 of 5 (ce, kd+cam; one fold teacher)."""
+    def run(acc, in_lung):
+        return {"test": {ds: {m: acc for m in pipeline.SEED_METRICS} for ds in ("shenzhen", "montgomery", "all")},
+                "attention": {k: in_lung for k in pipeline.SEED_ATTENTION}}
+    runs = {"ce": [run(0.80, 0.36), run(0.84, 0.38)], "kd+cam": [run(0.83, 0.50), run(0.85, 0.49)]}
+    folds = [{"fold": f, "n_test": 160, "guide": "densenet121",
+              "teachers": {"densenet121": {"test": {"shenzhen": {"auc": a}}}},
+              "runs": {v: r[i] for v, r in runs.items()}} for i, (f, a) in enumerate(((1, 0.90), (3, 0.94)))]
+    return {"profile": profile, "k": 5, "variants": ["ce", "kd+cam"], "reference": "ce", "teachers": ["densenet121"],
+            "seed": 0, "folds": folds, **pipeline.summarize_variant_runs(runs),
+            "teacher_summary": {"densenet121": {"shenzhen": {"auc": metrics.mean_sd([0.90, 0.94])}}}}
+
+
+def test_readme_table_gives_the_students_over_folds_when_measured():
+    doc, ks = _results_doc(), _kfold_students_doc()
+    assert "folds" not in results.readme_table(doc)  # without the file: as before
+    table = results.readme_table(doc, kfold_students=ks)
+    rows = {ln.split("|")[1].strip(): ln for ln in table.splitlines() if ln.startswith("| ce |")
+            or ln.startswith("| kd+cam |")}
+    assert "| 82.0 ± 2.8 % |" in rows["ce"] and "| 84.0 ± 1.4 % |" in rows["kd+cam"]
+    assert "| +2.0 pt [" in rows["kd+cam"] and "| +0.12 [" in rows["kd+cam"]  # paired by fold
+    assert ("Students over 2 of the 5 folds (1, 3; the others not run yet) of `scripts/kfold_students.py` "
+            "(`results/real/kfold_students.json`): on each fold its own teachers (densenet121)") in table
+    assert "The fold teachers' test AUC (Shenzhen), mean ± SD: densenet121 0.92 ± 0.03." in table
+
+
 def test_update_readme_between_markers_only(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\nafter\n")
@@ -226,6 +253,16 @@ def test_results_table_script(tmp_path, capsys, monkeypatch):
         runpy.run_path(str(REPO / "scripts" / "results_table.py"), run_name="__main__")
     printed = capsys.readouterr()
     assert "training seeds" not in printed.out and "teacher_seeds.json: written for profile 'quick'" in printed.err
+    # the students over folds likewise
+    store.write_json(tmp_path / "kfold_students.json", _kfold_students_doc())
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(REPO / "scripts" / "results_table.py"), run_name="__main__")
+    assert "Students over 2 of the 5 folds" in capsys.readouterr().out
+    store.write_json(tmp_path / "kfold_students.json", _kfold_students_doc("quick"))
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(REPO / "scripts" / "results_table.py"), run_name="__main__")
+    printed = capsys.readouterr()
+    assert "folds" not in printed.out and "kfold_students.json: written for profile 'quick'" in printed.err
     monkeypatch.setattr(sys, "argv", ["results_table.py", "--results", str(tmp_path / "none.json")])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(REPO / "scripts" / "results_table.py"), run_name="__main__")
