@@ -45,6 +45,7 @@ from typing import Sequence
 import numpy as np
 
 from . import data as _data
+from . import distill as _distill
 from . import metrics as _metrics
 from . import models as _models
 from . import pipeline as _pipe
@@ -335,7 +336,7 @@ def kfold_students(profile, prep: _data.Prepared, variants: Sequence[str] = ("ce
     ``folds`` runs a subset (1-based); ``on_fold`` is called with the summary so far after each
     fold. Every run is cached in its fold's folder, so a stopped call resumes. Returns ``{"k",
     "variants", "reference", "teachers", "guide_mode", "folds": [{"fold", "n_train", "n_val",
-    "n_test", "guide", "teachers": {arch: {"val_auc", "test"}}, "runs": {variant: row}}],
+    "n_test", "guide", "teachers": {arch: {"val_auc", "val_in_lung", "test"}}, "runs": {variant: row}}],
     "teacher_summary": {arch: {dataset: {metric: mean_sd}}}}`` and
     ``pipeline.summarize_variant_runs``' ``summary``, ``attention`` and ``paired`` over the folds.
     """
@@ -362,11 +363,11 @@ def kfold_students(profile, prep: _data.Prepared, variants: Sequence[str] = ("ce
         for arch in teachers:  # one at a time, with the machine's threads (the students then side by side)
             _pipe.train_teacher(p, arch, sub, progress=progress)
         res = _pipe.student_seeds(p, sub, [p.seed], variants=variants, reference=reference, progress=progress)
-        teach = {}
+        teach, att = {}, _pipe.teacher_val_attention(p, sub, teachers)  # what the guide rule read
         for arch in teachers:
             preds = _pipe.predictions(p, _pipe.teacher_dir(p, arch), arch, sub)
             rows = _pipe.evaluate(preds, rule="youden", n_boot=0, seed=p.seed)
-            teach[arch] = {"val_auc": round(_pipe.val_auc(preds), 4),
+            teach[arch] = {"val_auc": round(_pipe.val_auc(preds), 4), "val_in_lung": att[arch],
                            "test": {r["dataset"]: {m: r[m] for m in _pipe.SEED_METRICS} for r in rows}}
         done.append({"fold": i, "n_train": len(inner.train), "n_val": len(inner.val), "n_test": len(held),
                      "guide": res["guide"], "teachers": teach, "runs": {v: res["runs"][v][0] for v in variants}})
@@ -732,11 +733,15 @@ def readme_folds_table(kfold_students: dict, results: dict | None = None) -> str
     ts = ks["teacher_summary"]
     first = next(ds for ds in (*PAPER, "all") if ds in ts[ks["teachers"][0]])
     teach = "; ".join(f"{a} " + _reports.format_spread(ts[a][first]["auc"], False) for a in ks["teachers"])
+    maps = [f["teachers"].get(f["guide"].split(_distill.GUIDE_SEP)[0], {}).get("val_in_lung") for f in folds]
+    chance = ((results or {}).get("attention") or {}).get("chance", {}).get("in_lung")
+    guide_att = ("" if None in maps else "; the in-lung share of the guide's maps on the fold's validation images: "
+                 + ", ".join(f"{m:.2f}" for m in maps) + (f" (a uniform map: {chance:.2f})" if chance is not None else ""))
     note = (f"Students over {'all ' if n == k else ''}{n} of the {k} folds ({which}"
             + ("" if n == k else "; the others not run yet") + ") of `scripts/kfold_students.py` "
             f"(`results/{ks['profile']}/kfold_students.json`): on each fold its own teachers "
             f"({', '.join(ks['teachers'])}), trained on the fold's train part, so that no guide saw the fold's "
-            f"held-out images; the guide chosen on the fold's validation part ({' / '.join(guides)}); every "
+            f"held-out images; the guide chosen on the fold's validation part ({' / '.join(guides)}){guide_att}; every "
             f"student trained with seed {ks['seed']}; mean ± SD over the folds, differences paired by fold with "
             "their 95 % t-interval; the folds are chapter 05's. Held-out images a fold: "
             + ", ".join(str(f["n_test"]) for f in folds)

@@ -123,6 +123,8 @@ def test_the_readme_gives_the_folds_as_measured_and_says_which_are_missing(run):
     assert rows["kd+cam"][head.index(f"accuracy − ce ({ds.capitalize()})")].startswith(f"{100 * diff['mean']:+.1f} pt")
     assert "Students over all 2 of the 2 folds (1, 2) of `scripts/kfold_students.py`" in table
     assert "(resnet18)" in table and "not run yet" not in table
+    guide_att = [f["teachers"][f["guide"].split(",")[0]]["val_in_lung"] for f in doc["folds"]]
+    assert "guide's maps on the fold's validation images: " + ", ".join(f"{m:.2f}" for m in guide_att) in table
     # a part of the folds: the note says which ran and that the others did not
     part = results.readme_folds_table({"profile": "quick", **results.kfold_students(prof, prep, teachers=FOLD_TEACHERS,
                                                                                   folds=[2])})

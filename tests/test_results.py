@@ -196,8 +196,8 @@ def _kfold_students_doc(profile: str = "real") -> dict:
                 "attention": {k: in_lung for k in pipeline.SEED_ATTENTION}}
     runs = {"ce": [run(0.80, 0.36), run(0.84, 0.38)], "kd+cam": [run(0.83, 0.50), run(0.85, 0.49)]}
     folds = [{"fold": f, "n_test": 160, "guide": "densenet121",
-              "teachers": {"densenet121": {"test": {"shenzhen": {"auc": a}}}},
-              "runs": {v: r[i] for v, r in runs.items()}} for i, (f, a) in enumerate(((1, 0.90), (3, 0.94)))]
+              "teachers": {"densenet121": {"val_in_lung": m, "test": {"shenzhen": {"auc": a}}}},
+              "runs": {v: r[i] for v, r in runs.items()}} for i, (f, a, m) in enumerate(((1, 0.90, 0.36), (3, 0.94, 0.52)))]
     return {"profile": profile, "k": 5, "variants": ["ce", "kd+cam"], "reference": "ce", "teachers": ["densenet121"],
             "seed": 0, "folds": folds, **pipeline.summarize_variant_runs(runs),
             "teacher_summary": {"densenet121": {"shenzhen": {"auc": metrics.mean_sd([0.90, 0.94])}}}}
@@ -214,6 +214,7 @@ def test_readme_table_gives_the_students_over_folds_when_measured():
     assert ("Students over 2 of the 5 folds (1, 3; the others not run yet) of `scripts/kfold_students.py` "
             "(`results/real/kfold_students.json`): on each fold its own teachers (densenet121)") in table
     assert "The fold teachers' test AUC (Shenzhen), mean ± SD: densenet121 0.92 ± 0.03." in table
+    assert "the in-lung share of the guide's maps on the fold's validation images: 0.36, 0.52;" in table
 
 
 def test_update_readme_between_markers_only(tmp_path):
