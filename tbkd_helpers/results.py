@@ -700,9 +700,10 @@ def _variants_table(block: dict) -> list[str]:
     return lines
 
 
-def _uniform_in_lung(results: dict) -> str:
+def _uniform_in_lung(results: dict, end: str = ".") -> str:
+    """`` (a uniform map: 0.41)`` and ``end``: the in-lung share of chance, when ``results`` has it."""
     chance = (results.get("attention") or {}).get("chance", {}).get("in_lung")
-    return f" (a uniform map: {chance:.2f})." if chance is not None else "."
+    return (f" (a uniform map: {chance:.2f})" if chance is not None else "") + end
 
 
 def readme_seeds_table(results: dict) -> str | None:
@@ -734,9 +735,8 @@ def readme_folds_table(kfold_students: dict, results: dict | None = None) -> str
     first = next(ds for ds in (*PAPER, "all") if ds in ts[ks["teachers"][0]])
     teach = "; ".join(f"{a} " + _reports.format_spread(ts[a][first]["auc"], False) for a in ks["teachers"])
     maps = [f["teachers"].get(f["guide"].split(_distill.GUIDE_SEP)[0], {}).get("val_in_lung") for f in folds]
-    chance = ((results or {}).get("attention") or {}).get("chance", {}).get("in_lung")
     guide_att = ("" if None in maps else "; the in-lung share of the guide's maps on the fold's validation images: "
-                 + ", ".join(f"{m:.2f}" for m in maps) + (f" (a uniform map: {chance:.2f})" if chance is not None else ""))
+                 + ", ".join(f"{m:.2f}" for m in maps) + _uniform_in_lung(results or {}, end=""))
     note = (f"Students over {'all ' if n == k else ''}{n} of the {k} folds ({which}"
             + ("" if n == k else "; the others not run yet") + ") of `scripts/kfold_students.py` "
             f"(`results/{ks['profile']}/kfold_students.json`): on each fold its own teachers "
